@@ -1,0 +1,1 @@
+"""Where documents end up: the MongoDB store and the embedded server."""

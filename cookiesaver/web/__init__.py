@@ -1,0 +1,1 @@
+"""The HTTP side: the server with its limits and the resource tree, one module per area."""

@@ -509,3 +509,7 @@ def reference_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

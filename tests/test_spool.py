@@ -1,0 +1,97 @@
+"""The SQLite WAL spool: FIFO by sequence, exact BSON round trip, counters, corrupt-file recovery, its own thread."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sqlite3
+
+import bson
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from cookiesaver.interfaces import Upsert
+from cookiesaver.spool import Spool
+
+
+class SpoolTests(SynchronousTestCase):
+    def open(self, path: str | None = None) -> Spool:
+        self.path = path or os.path.join(self.mktemp(), "spool", "spool.sqlite3")
+        spool = Spool(self.path)
+        self.successResultOf(spool.open())
+        return spool
+
+    def test_wal_and_full_sync(self) -> None:
+        """The file is in WAL mode (the documented durability choice is synchronous=FULL)."""
+        spool = self.open()
+        db = sqlite3.connect(self.path)
+        self.assertEqual(db.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+        db.close()
+        self.successResultOf(spool.close())
+
+    def test_round_trip_keeps_types(self) -> None:
+        """ObjectIds, aware datetimes and upsert operators come back exactly as put."""
+        spool = self.open()
+        oid = bson.ObjectId()
+        ts = datetime.datetime(2024, 1, 2, 3, 4, 5, 6000, tzinfo=datetime.timezone.utc)
+        self.successResultOf(spool.put(1, "events", "insert", [{"_id": oid, "ts": ts}], 10.0))
+        self.successResultOf(spool.put(2, "visitor_links", "upsert", [Upsert({"_id": "v"}, {"$set": {"p": 1}})], 11.0))
+        first = self.successResultOf(spool.peek_oldest())
+        self.assertEqual((first.seq, first.collection, first.kind, first.items), (1, "events", "insert", ({"_id": oid, "ts": ts},)))
+        self.successResultOf(spool.delete(first.id))
+        second = self.successResultOf(spool.peek_oldest())
+        self.assertEqual(second.items, (Upsert({"_id": "v"}, {"$set": {"p": 1}}),))
+
+    def test_fifo_by_sequence(self) -> None:
+        """The oldest batch is the lowest sequence number, even when it was put later."""
+        spool = self.open()
+        self.successResultOf(spool.put(7, "events", "insert", [{"_id": 7}], 1.0))
+        self.successResultOf(spool.put(5, "events", "insert", [{"_id": 5}], 2.0))
+        self.assertEqual(self.successResultOf(spool.peek_oldest()).seq, 5)
+
+    def test_stats(self) -> None:
+        """Counters track documents, bytes, batches and the oldest batch's time across put and delete."""
+        spool = self.open()
+        self.assertIsNone(self.successResultOf(spool.peek_oldest()))
+        self.successResultOf(spool.put(1, "events", "insert", [{"_id": 1}, {"_id": 2}], 5.0))
+        self.successResultOf(spool.put(2, "events", "insert", [{"_id": 3}], 6.0))
+        stats = spool.stats()
+        self.assertEqual((stats.docs, stats.batches, stats.oldest_created, stats.last_seq), (3, 2, 5.0, 2))
+        self.assertGreater(stats.bytes, 0)
+        self.successResultOf(spool.delete(self.successResultOf(spool.peek_oldest()).id))
+        self.assertEqual((spool.stats().docs, spool.stats().oldest_created), (1, 6.0))
+
+    def test_reopen_keeps_batches(self) -> None:
+        """A closed (or killed) spool reopens with its batches and counters."""
+        spool = self.open()
+        self.successResultOf(spool.put(3, "events", "insert", [{"_id": 1}], 5.0))
+        self.successResultOf(spool.close())
+        again = Spool(self.path)
+        stats = self.successResultOf(again.open())
+        self.assertEqual((stats.docs, stats.last_seq), (1, 3))
+
+    def test_corrupt_file_moved_aside(self) -> None:
+        """An unreadable file is moved aside (logged) and a fresh spool starts; the service keeps running."""
+        path = os.path.join(self.mktemp(), "spool.sqlite3")
+        os.makedirs(os.path.dirname(path))
+        with open(path, "wb") as f:
+            f.write(b"this is not a database" * 100)
+        spool = self.open(path)
+        self.assertEqual(spool.stats().docs, 0)
+        self.assertTrue(spool.moved_aside and os.path.exists(spool.moved_aside))
+        self.successResultOf(spool.put(1, "events", "insert", [{"_id": 1}], 1.0))
+        self.flushLoggedErrors()
+
+
+class ThreadedSpoolTests(TestCase):
+    def test_runs_on_its_own_thread(self) -> None:
+        """With a reactor, calls run on the spool's one thread and the thread stops at close."""
+        from twisted.internet import reactor
+
+        spool = Spool(os.path.join(self.mktemp(), "spool.sqlite3"), reactor)
+        d = spool.open()
+        d.addCallback(lambda _: spool.put(1, "events", "insert", [{"_id": 1}], 1.0))
+        d.addCallback(lambda _: spool.peek_oldest())
+        d.addCallback(lambda batch: self.assertEqual(batch.items, ({"_id": 1},)))
+        d.addCallback(lambda _: spool.close())
+        d.addCallback(lambda _: self.assertIsNone(spool._pool))
+        return d

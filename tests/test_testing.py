@@ -1,0 +1,96 @@
+"""The shipped fakes behave like the interfaces they stand for."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import TimeoutError
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from cookiesaver.interfaces import IEventSink, IndexSpec, IStore, Rejection, StoreUnavailable, Upsert, WriteOutcome
+from cookiesaver.testing import MemorySink, MemoryStore
+
+
+class MemoryStoreTests(SynchronousTestCase):
+    def test_provides_istore(self) -> None:
+        """MemoryStore implements IStore."""
+        verifyObject(IStore, MemoryStore())
+
+    def test_duplicate_ids(self) -> None:
+        """A second insert of the same _id is reported as a duplicate and not stored twice."""
+        store = MemoryStore()
+        self.successResultOf(store.insert_many("e", [{"_id": 1}]))
+        outcome = self.successResultOf(store.insert_many("e", [{"_id": 2}, {"_id": 1}]))
+        self.assertEqual(outcome, WriteOutcome(1, (1,), ()))
+        self.assertEqual(store.documents("e"), [{"_id": 1}, {"_id": 2}])
+
+    def test_fail_next(self) -> None:
+        """fail_next makes exactly N calls fail with StoreUnavailable, writing nothing."""
+        store = MemoryStore()
+        store.fail_next(2)
+        self.failureResultOf(store.insert_many("e", [{"_id": 1}]), StoreUnavailable)
+        self.failureResultOf(store.ping(), StoreUnavailable)
+        self.successResultOf(store.ping())
+        self.assertEqual(store.documents("e"), [])
+
+    def test_hang_and_release(self) -> None:
+        """Hung calls never fire until released; release can apply them late (the ambiguous case)."""
+        store = MemoryStore()
+        store.hang()
+        d = store.insert_many("e", [{"_id": 1}])
+        self.assertNoResult(d)
+        store.release(apply=True)
+        self.assertEqual(self.successResultOf(d).written, 1)
+        store.hang()
+        d2 = store.insert_many("e", [{"_id": 2}])
+        d2.cancel()
+        self.failureResultOf(d2)
+        store.release(apply=True)  # lands after the caller gave up
+        self.assertEqual([d["_id"] for d in store.documents("e")], [1, 2])
+
+    def test_reject_when(self) -> None:
+        """Documents matching the predicate are rejected with code and reason; the rest are stored."""
+        store = MemoryStore()
+        store.reject_when(lambda c, d: d.get("bad"), 121, "invalid")
+        outcome = self.successResultOf(store.insert_many("e", [{"_id": 1}, {"_id": 2, "bad": True}]))
+        self.assertEqual(outcome, WriteOutcome(1, (), (Rejection(1, 121, "invalid"),)))
+
+    def test_upsert_operators(self) -> None:
+        """Upserts honour $set, $setOnInsert, $max, $min and $inc, by _id or by equality fields."""
+        store = MemoryStore()
+        op = Upsert({"_id": "v"}, {"$set": {"p": 1}, "$setOnInsert": {"first": 10}, "$max": {"hi": 5}, "$min": {"lo": 5}, "$inc": {"n": 1}})
+        self.successResultOf(store.upsert_many("l", [op]))
+        op2 = Upsert({"_id": "v"}, {"$set": {"p": 2}, "$setOnInsert": {"first": 20}, "$max": {"hi": 3}, "$min": {"lo": 3}, "$inc": {"n": 1}})
+        self.successResultOf(store.upsert_many("l", [op2]))
+        self.assertEqual(store.documents("l"), [{"_id": "v", "p": 2, "first": 10, "hi": 5, "lo": 3, "n": 2}])
+        self.successResultOf(store.upsert_many("s", [Upsert({"site": "a", "endpoint": "e"}, {"$set": {"active": True}})]))
+        self.successResultOf(store.upsert_many("s", [Upsert({"site": "a", "endpoint": "e"}, {"$set": {"active": False}})]))
+        [doc] = store.documents("s")
+        self.assertEqual((doc["site"], doc["endpoint"], doc["active"]), ("a", "e", False))
+
+    def test_ensure_indexes_idempotent(self) -> None:
+        """Ensuring the same index twice keeps it once."""
+        store = MemoryStore()
+        spec = IndexSpec((("a", 1),), "a")
+        self.successResultOf(store.ensure_indexes("e", [spec]))
+        self.successResultOf(store.ensure_indexes("e", [spec]))
+        self.assertEqual(store.indexes, {"e": [spec]})
+
+    def test_find(self) -> None:
+        """find matches on equality and honours limit."""
+        store = MemoryStore()
+        self.successResultOf(store.insert_many("e", [{"_id": 1, "t": "a"}, {"_id": 2, "t": "a"}, {"_id": 3, "t": "b"}]))
+        self.assertEqual(self.successResultOf(store.find("e", {"t": "a"}, limit=1)), [{"_id": 1, "t": "a"}])
+
+
+class MemorySinkTests(SynchronousTestCase):
+    def test_records_and_refuses(self) -> None:
+        """MemorySink records submissions and, when refusing, returns False and records nothing."""
+        sink = MemorySink()
+        verifyObject(IEventSink, sink)
+        self.assertTrue(sink.submit("events", {"_id": 1}))
+        self.assertTrue(sink.submit_upsert("l", Upsert({"_id": 1}, {"$set": {}})))
+        sink.refusing = True
+        self.assertFalse(sink.accepting())
+        self.assertFalse(sink.submit("events", {"_id": 2}))
+        self.assertEqual(sink.submitted("events"), [{"_id": 1}])
+        self.assertEqual(len(sink.upserts), 1)

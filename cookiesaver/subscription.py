@@ -15,7 +15,8 @@ import hashlib
 import ipaddress
 import math
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 from cryptography.hazmat.primitives.asymmetric import ec

@@ -15,7 +15,7 @@ import argparse
 import hashlib
 import os
 import sys
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import attrs
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -77,7 +77,7 @@ def load_private_key(path: str) -> ec.EllipticCurvePrivateKey:
     except (ValueError, UnsupportedAlgorithm):
         raise ValueError("not a PEM private key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise ValueError("not a P-256 (prime256v1) EC private key")
+        raise ValueError("not a P-256 (prime256v1) EC private key")  # noqa: TRY004 -- one error type for every bad file
     return key
 
 

@@ -9,7 +9,7 @@ import os
 import re
 import shutil
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -110,7 +110,7 @@ class PushResourceTests(SynchronousTestCase):
         )
         root = Resource()
         root.putChild(b"push", push)
-        self.treq = StubTreq(root)
+        self.treq: Any = StubTreq(root)
 
     # --- helpers ----------------------------------------------------------------
 
@@ -338,7 +338,7 @@ class PushResourceTests(SynchronousTestCase):
         [(collection, op)] = self.sink.upserts
         self.assertEqual(collection, "push_subscriptions")
         self.assertEqual(dict(op.filter), {"_id": digest})
-        now = datetime.fromtimestamp(NOW, tz=timezone.utc)
+        now = datetime.fromtimestamp(NOW, tz=UTC)
         self.assertEqual(
             op.update["$set"],
             {
@@ -371,8 +371,8 @@ class PushResourceTests(SynchronousTestCase):
         [doc] = self.stored("push_subscriptions")
         self.assertEqual(doc["_id"], hashlib.sha256(FCM.encode()).hexdigest())
         self.assertEqual(doc["endpoint"], FCM)
-        self.assertEqual(doc["created"], datetime.fromtimestamp(NOW, tz=timezone.utc))
-        self.assertEqual(doc["last_seen"], datetime.fromtimestamp(NOW + 60, tz=timezone.utc))
+        self.assertEqual(doc["created"], datetime.fromtimestamp(NOW, tz=UTC))
+        self.assertEqual(doc["last_seen"], datetime.fromtimestamp(NOW + 60, tz=UTC))
         self.assertTrue(doc["active"])
 
     def test_subscribe_site_query(self) -> None:
@@ -444,7 +444,7 @@ class PushResourceTests(SynchronousTestCase):
     def test_subscribe_too_large(self) -> None:
         """A body over 16 KiB is refused even if the channel let it through."""
         body = browser_subscription(site="shop", padding="x" * 16384)
-        response, content = self.post("subscribe", body)
+        response, _content = self.post("subscribe", body)
         self.assertEqual(response.code, 413)
         self.assertEqual(self.not_recorded("too_large"), 1)
 
@@ -470,7 +470,7 @@ class PushResourceTests(SynchronousTestCase):
     def test_subscribe_overload(self) -> None:
         """When the sink refuses, the answer is 503 with Retry-After and the drop is counted."""
         self.sink.refusing = True
-        response, content = self.post("subscribe", browser_subscription(site="shop"))
+        response, _content = self.post("subscribe", browser_subscription(site="shop"))
         self.assertEqual(response.code, 503)
         self.assertEqual(self.header(response, "Retry-After"), "5")
         self.assertEqual(self.not_recorded("overload"), 1)
@@ -528,7 +528,7 @@ class PushResourceTests(SynchronousTestCase):
         self.assertEqual(response.code, 200, body)
         [doc] = self.stored("push_subscriptions")
         self.assertFalse(doc["active"])
-        self.assertEqual(doc["last_seen"], datetime.fromtimestamp(NOW + 5, tz=timezone.utc))
+        self.assertEqual(doc["last_seen"], datetime.fromtimestamp(NOW + 5, tz=UTC))
         self.assertEqual(doc["endpoint"], FCM)
 
     def test_unsubscribe_exact(self) -> None:
@@ -571,7 +571,7 @@ class PushResourceTests(SynchronousTestCase):
                 "message": "msg-1",
                 "subscription": digest,
                 "action": "buy",
-                "ts": datetime.fromtimestamp(NOW, tz=timezone.utc),
+                "ts": datetime.fromtimestamp(NOW, tz=UTC),
             },
         )
         self.assertEqual(self.accepted("push_events"), 1)

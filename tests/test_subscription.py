@@ -132,7 +132,8 @@ class EndpointTests(SynchronousTestCase):
 
     def test_not_a_string(self) -> None:
         """Non-strings and the empty string are refused."""
-        for e in (None, 1, [], {}, ""):
+        bad: tuple[Any, ...] = (None, 1, [], {}, "")
+        for e in bad:
             self.assertRejected(e)
 
     def test_configured_list(self) -> None:
@@ -178,7 +179,8 @@ class SubscriptionTests(SynchronousTestCase):
 
     def test_expiration_invalid(self) -> None:
         """expirationTime strings, booleans, negatives and objects are refused."""
-        for value in ("1", True, -1, {}, []):
+        values: tuple[Any, ...] = ("1", True, -1, {}, [])
+        for value in values:
             self.assertField(subscription_body(expirationTime=value), "expirationTime")
 
     def test_extra_members_ignored(self) -> None:
@@ -204,7 +206,8 @@ class SubscriptionTests(SynchronousTestCase):
 
     def test_keys_missing(self) -> None:
         """Missing or non-object keys are named."""
-        for keys in (None, "x", []):
+        keyss: tuple[Any, ...] = (None, "x", [])
+        for keys in keyss:
             self.assertField(subscription_body(keys=keys), "keys")
         body = subscription_body()
         del body["keys"]
@@ -238,7 +241,8 @@ class SubscriptionTests(SynchronousTestCase):
 
     def test_not_an_object(self) -> None:
         """A body that is not an object is named as such."""
-        for body in ([], "x", None, 1):
+        bodies: tuple[Any, ...] = ([], "x", None, 1)
+        for body in bodies:
             self.assertField(body, "body")
 
     def test_bad_endpoint_named(self) -> None:
@@ -278,7 +282,7 @@ class EventTests(SynchronousTestCase):
     def test_bad_members(self) -> None:
         """Each bad member is named."""
         good = {"type": "delivered", "message": "m", "subscription": self.HASH}
-        cases = [
+        cases: list[tuple[dict[str, Any], str]] = [
             ({"type": "opened"}, "type"),
             ({"type": None}, "type"),
             ({"message": ""}, "message"),

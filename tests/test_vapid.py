@@ -149,20 +149,20 @@ class CommandLineTests(SynchronousTestCase):
         self.run_main("generate", "--out", path)
         with open(path, "rb") as f:
             before = f.read()
-        rc, out, err = self.run_main("generate", "--out", path)
+        rc, _out, err = self.run_main("generate", "--out", path)
         self.assertEqual(rc, 1)
         self.assertIn("already exists", err)
         self.assertEqual(err.count("\n"), 1)
         with open(path, "rb") as f:
             self.assertEqual(f.read(), before)
-        rc, out, err = self.run_main("generate", "--out", path, "--force")
+        rc, _out, err = self.run_main("generate", "--out", path, "--force")
         self.assertEqual(rc, 0)
         with open(path, "rb") as f:
             self.assertNotEqual(f.read(), before)
 
     def test_generate_bad_directory(self) -> None:
         """An unwritable path is one line on stderr."""
-        rc, out, err = self.run_main("generate", "--out", os.path.join(self.dir, "missing", "k.pem"))
+        rc, _out, err = self.run_main("generate", "--out", os.path.join(self.dir, "missing", "k.pem"))
         self.assertEqual(rc, 1)
         self.assertEqual(err.count("\n"), 1)
         self.assertNotIn("Traceback", err)
@@ -171,7 +171,7 @@ class CommandLineTests(SynchronousTestCase):
         """show prints the public key of an existing file."""
         path = os.path.join(self.dir, "shop.pem")
         _, generated, _ = self.run_main("generate", "--out", path)
-        rc, out, err = self.run_main("show", path)
+        rc, out, _err = self.run_main("show", path)
         self.assertEqual((rc, out), (0, generated))
 
     def test_show_bad_file(self) -> None:
@@ -179,13 +179,13 @@ class CommandLineTests(SynchronousTestCase):
         path = os.path.join(self.dir, "x")
         with open(path, "w") as f:
             f.write("x")
-        rc, out, err = self.run_main("show", path)
+        rc, _out, err = self.run_main("show", path)
         self.assertEqual(rc, 1)
         self.assertEqual(err, f"error: {path}: not a PEM private key\n")
 
     def test_module_entry_point(self) -> None:
         """python -m cookiesaver.vapid runs as a module."""
         path = os.path.join(self.dir, "m.pem")
-        result = subprocess.run([sys.executable, "-m", "cookiesaver.vapid", "generate", "--out", path], capture_output=True, text=True, timeout=60)
+        result = subprocess.run([sys.executable, "-m", "cookiesaver.vapid", "generate", "--out", path], check=False, capture_output=True, text=True, timeout=60)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("applicationServerKey", result.stdout)

@@ -8,7 +8,8 @@ cache could hand one site's answer to another.
 
 from __future__ import annotations
 
-from typing import Any, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
 
 from cookiesaver.config import SiteConfig
 

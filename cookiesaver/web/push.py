@@ -18,19 +18,25 @@ import hashlib
 import html
 import json
 import re
-from datetime import datetime, timezone
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from importlib import resources
-from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
-from twisted.internet.interfaces import IReactorTime
 from twisted.web import http, pages
 from twisted.web.resource import IResource, Resource
 
 from cookiesaver.config import Config, SiteConfig
 from cookiesaver.interfaces import IEventSink, Upsert
 from cookiesaver.metrics import Metrics
-from cookiesaver.subscription import FieldError, PushServices, endpoint_hash, validate_event, validate_subscription
+from cookiesaver.subscription import (
+    FieldError,
+    PushServices,
+    endpoint_hash,
+    validate_event,
+    validate_subscription,
+)
 from cookiesaver.vapid import SiteKey
 from cookiesaver.web.cors import all_site_origins, apply_cors, preflight, request_origin
 
@@ -45,6 +51,12 @@ RETRY_AFTER = b"5"
 JS = b"application/javascript; charset=utf-8"
 NOSNIFF = (b"x-content-type-options", b"nosniff")
 
+class SupportsSeconds(Protocol):
+    """The one clock method used here (a reactor, or task.Clock in tests)."""
+
+    def seconds(self) -> float: ...
+
+
 VisitorIdFor = Callable[[Any], "str | None"]
 ProfileForKey = Callable[[bytes], "str | None"]
 
@@ -54,8 +66,8 @@ def _static(name: str) -> bytes:
     return (resources.files("cookiesaver") / "static" / name).read_bytes()
 
 
-def _now(clock: IReactorTime) -> datetime:
-    return datetime.fromtimestamp(clock.seconds(), tz=timezone.utc)
+def _now(clock: SupportsSeconds) -> datetime:
+    return datetime.fromtimestamp(clock.seconds(), tz=UTC)
 
 
 def _query(request: Any, name: bytes) -> str | None:
@@ -126,7 +138,7 @@ class PushArea:
         vapid: Mapping[str, SiteKey],
         sink: IEventSink,
         metrics: Metrics,
-        clock: IReactorTime,
+        clock: SupportsSeconds,
         visitor_id_for: VisitorIdFor,
         profile_for_key: ProfileForKey,
     ) -> None:
@@ -241,7 +253,7 @@ class PostOnly(NotFoundBelow):
     """A POST endpoint; the base class's GET-backed render_HEAD is removed so HEAD is a 405 too, not a 500."""
 
     render_HEAD = None  # type: ignore[assignment]
-    allowedMethods = (b"POST", b"OPTIONS")
+    allowedMethods: tuple[bytes, ...] = (b"POST", b"OPTIONS")
 
     def __init__(self, area: PushArea) -> None:
         super().__init__()
@@ -277,7 +289,7 @@ class Subscribe(PostOnly):
         if site is None or key is None:
             self._page_headers(request, None)
             area.metrics.not_recorded.labels(reason="unknown_site").inc()
-            return pages.errorPage(404, "Unknown site", "This site does not offer notifications here.").render(request)  # type: ignore[no-any-return]
+            return cast(bytes, pages.errorPage(404, "Unknown site", "This site does not offer notifications here.").render(request))
         self._page_headers(request, site_id)
         wanted = _query(request, b"origin")
         if len(site.origins) == 1:
@@ -462,7 +474,7 @@ def push_resource(
     vapid: Mapping[str, SiteKey],
     sink: IEventSink,
     metrics: Metrics,
-    clock: IReactorTime,
+    clock: SupportsSeconds,
     visitor_id_for: VisitorIdFor,
     profile_for_key: ProfileForKey,
 ) -> Resource:

@@ -7,13 +7,14 @@ full list is in one place (docs/metrics.md).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 
 class Metrics:
     """All metrics of one process. A fresh instance per test keeps tests independent."""
 
     def __init__(self) -> None:
+        disable_created_metrics()  # the *_created series double the exposition and nobody graphs them
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.requests = Counter("cookiesaver_requests", "Requests answered, by area and status class.", ["area", "status"], registry=r)
         self.not_recorded = Counter(

@@ -12,6 +12,7 @@ from twisted.web.resource import Resource
 from cookiesaver.config import Network
 from cookiesaver.interfaces import IReadinessProbe
 from cookiesaver.metrics import Metrics
+from cookiesaver.web.responses import head
 
 
 class Fixed(Resource):
@@ -30,7 +31,7 @@ class Fixed(Resource):
         return self.body
 
     def render_HEAD(self, request: Any) -> bytes:
-        return self.render_GET(request)
+        return head(request, self.render_GET(request))
 
 
 class Readiness(Resource):
@@ -51,7 +52,8 @@ class Readiness(Resource):
             return json.dumps({"status": "unavailable", "failing": failing}).encode() + b"\n"
         return b'{"status": "ready"}\n'
 
-    render_HEAD = render_GET
+    def render_HEAD(self, request: Any) -> bytes:
+        return head(request, self.render_GET(request))
 
 
 class MetricsPage(Resource):

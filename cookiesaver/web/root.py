@@ -14,6 +14,7 @@ from twisted.web import pages
 from twisted.web.resource import Resource
 
 from cookiesaver.web.health import Fixed
+from cookiesaver.web.responses import head
 
 ROBOTS = b"User-agent: *\nDisallow: /\n"
 
@@ -31,7 +32,8 @@ class Root(Resource):
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"cookiesaver\n"
 
-    render_HEAD = render_GET
+    def render_HEAD(self, request: Any) -> bytes:
+        return head(request, self.render_GET(request))
 
 
 def build_root(children: Mapping[bytes, Resource]) -> Resource:

@@ -188,6 +188,7 @@ class CookiesaverSite(server.Site):
 
     def __init__(self, resource: Any, limits: HTTPConfig, clock: IReactorTime, metrics: Metrics, access_log: Callable[[dict[str, Any]], None] | None = None) -> None:
         super().__init__(resource, timeout=limits.idle_timeout, reactor=clock, parsePOSTFormSubmission=False)
+        server.version = b"cookiesaver"  # the Server header, instead of Twisted's name and version
         self._limits = limits
         self._clock = clock
         self._metrics = metrics

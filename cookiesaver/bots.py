@@ -32,7 +32,8 @@ import importlib.resources
 import ipaddress
 import json
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from cookiesaver.config import ConfigError
 
@@ -192,7 +193,7 @@ class BotRules:
         self._match_ua = functools.lru_cache(maxsize=UA_CACHE_SIZE)(self._match_ua_uncached)
 
     @classmethod
-    def from_files(cls, ua_path: str | None, ip_path: str | None) -> "BotRules":
+    def from_files(cls, ua_path: str | None, ip_path: str | None) -> BotRules:
         """Load both files; None means the shipped default in C{cookiesaver/data/}. @raise ConfigError."""
         ua_source, ua = _load(ua_path, "bots_ua.json")
         ip_source, ip = _load(ip_path, "bots_ip.json")

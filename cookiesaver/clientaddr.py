@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 

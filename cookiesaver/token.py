@@ -34,7 +34,8 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Mapping, NoReturn, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
 
 import attrs
 
@@ -131,7 +132,7 @@ class TokenKeys:
         self._macs = {kid.encode("ascii"): hmac.new(key, digestmod=hashlib.sha256) for kid, key in keys.items()}
 
     @classmethod
-    def from_config(cls, config: TokenConfig) -> "TokenKeys":
+    def from_config(cls, config: TokenConfig) -> TokenKeys:
         """Read every key file named in the config. @raise ConfigError: one line naming the file."""
         return cls({kid: read_key_file(path) for kid, path in config.keys.items()}, config.current, config.max_age)
 
@@ -175,7 +176,7 @@ def write_key_file(path: str, random_bytes: Callable[[int], bytes] = os.urandom)
         os.close(fd)
 
 
-def check_url(url: str) -> str | None:
+def check_url(url: object) -> str | None:
     """Why C{url} cannot be a redirect destination, or None when it can."""
     if not isinstance(url, str):
         return "the URL must be a string"
@@ -287,8 +288,8 @@ def verify(keys: TokenKeys, token: bytes | str, now: float) -> ClickToken | Toke
         return TokenError(BAD_TOKEN, "payload is not a JSON object")
     url = payload.get("u")
     problem = check_url(url)
-    if problem:
-        return TokenError(BAD_TOKEN, problem)
+    if problem or not isinstance(url, str):
+        return TokenError(BAD_TOKEN, problem or "bad URL")
     issued = payload.get("t")
     if isinstance(issued, bool) or not isinstance(issued, int) or not -(2**53) < issued < 2**53:
         return TokenError(BAD_TOKEN, "t must be integer seconds")

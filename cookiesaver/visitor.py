@@ -31,7 +31,7 @@ import hmac
 import os
 import re
 
-from cookiesaver.config import CookieConfig, ConfigError
+from cookiesaver.config import ConfigError, CookieConfig
 
 _B64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _ID_LEN = 22  # base64url of 16 bytes
@@ -181,7 +181,9 @@ class VisitorCookies:
         return any(_values(cookie_header, self._optout_eq))
 
     def _legacy(self, user_agent: bytes | None) -> bool:
-        return bool(user_agent) and self._incompatible(user_agent[:UA_PREFIX])
+        if not user_agent:
+            return False
+        return self._incompatible(user_agent[:UA_PREFIX])
 
 
 def _values(header: bytes | None, name_eq: bytes) -> list[bytes]:

@@ -9,7 +9,14 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from cookiesaver.bots import BLOCK, EVENT_IGNORE, IP_IGNORE, UA_IGNORE, BotRules, mandatory_literal
+from cookiesaver.bots import (
+    BLOCK,
+    EVENT_IGNORE,
+    IP_IGNORE,
+    UA_IGNORE,
+    BotRules,
+    mandatory_literal,
+)
 from cookiesaver.config import ConfigError
 
 CHROME = b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"

@@ -24,7 +24,7 @@ class WellFormedTests(SynchronousTestCase):
 
     def test_utf8(self) -> None:
         """Percent-encoded and raw UTF-8 are decoded, in upper or lower case hex."""
-        q = parse_query("a=%C3%A9%e2%98%83&b=ü".encode("utf-8"))
+        q = parse_query("a=%C3%A9%e2%98%83&b=ü".encode())
         self.assertEqual((q.first("a"), q.first("b")), ("é\u2603", "ü"))
         self.assertFalse(q.malformed)
 

@@ -118,11 +118,11 @@ class TamperingTests(SynchronousTestCase):
 
     def test_kid_swapped(self) -> None:
         """A token signed with key a but labelled b is refused."""
-        self.assertBad(".".join([self.payload, "b", self.mac]))
+        self.assertBad(f"{self.payload}.b.{self.mac}")
 
     def test_unknown_kid(self) -> None:
         """A key id we do not hold is bad_token, with the kid in the detail."""
-        result = verify(self.keys, ".".join([self.payload, "zz", self.mac]), T0)
+        result = verify(self.keys, f"{self.payload}.zz.{self.mac}", T0)
         self.assertEqual(result, TokenError(BAD_TOKEN, "unknown key id 'zz'"))
 
     def test_malformed(self) -> None:

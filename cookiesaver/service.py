@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import attrs
 from twisted.application import service
@@ -56,9 +56,26 @@ class Listener(StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            raise SystemExit(f"cookiesaver: cannot listen on {self.description}: {_socket_reason(e.socketError)}") from None
+            fatal(f"cannot listen on {self.description}: {_socket_reason(e.socketError)}")
         except OSError as e:
-            raise SystemExit(f"cookiesaver: cannot listen on {self.description}: {_socket_reason(e)}") from None
+            fatal(f"cannot listen on {self.description}: {_socket_reason(e)}")
+
+
+def fatal(message: str) -> NoReturn:
+    """
+    End start-up with one line on stderr and exit status 1.
+
+    Once twistd has begun logging, C{sys.stderr} is captured into the log, so
+    the line goes to file descriptor 2 directly (the terminal or the service
+    manager) and to the log.
+    """
+    line = f"cookiesaver: {message}"
+    log.critical("{line}", line=line)
+    try:
+        os.write(2, line.encode("utf-8", "replace") + b"\n")
+    except OSError:
+        pass
+    raise SystemExit(1)
 
 
 def _socket_reason(err: Any) -> str:

@@ -35,6 +35,8 @@ class ListenConfig:
     port: int
     hostname: str
     extra: tuple[str, ...] = ()
+    reuse_port: bool = False
+    instance: str = "main"
 
 
 @attrs.frozen
@@ -189,6 +191,8 @@ KEYS: tuple[Key, ...] = (
     Key("MONGO_DB", "str", "cookiesaver", "Database name."),
     Key("MONGO_TIMEOUT", "float", 5.0, "Deadline in seconds for one MongoDB operation."),
     Key("DATA_DIR", "path", "./var", "Local state: embedded database files, the spool, generated secrets."),
+    Key("REUSE_PORT", "bool", False, "Bind with SO_REUSEPORT so several processes share the address and port (one per core)."),
+    Key("INSTANCE", "str", "main", "This process's name among several on one host; names its spool file."),
     # Network trust.
     Key("TRUSTED_PROXIES", "networks", [], "CIDRs whose X-Real-IP / X-Forwarded-For / X-Scheme headers are believed."),
     Key("METRICS_NETWORKS", "networks", ["127.0.0.0/8", "::1/128"], "CIDRs allowed to read /cookiesaver/metrics."),
@@ -430,6 +434,8 @@ def load(
         ipaddress.ip_address(v["PUBLIC_IP"])
     except ValueError:
         raise _fail(PREFIX + "PUBLIC_IP", source, "an IP address", v["PUBLIC_IP"]) from None
+    if not v["INSTANCE"] or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in v["INSTANCE"]):
+        raise _fail(PREFIX + "INSTANCE", source, "letters, digits, '-', '_' or '.'", v["INSTANCE"])
     uri = v["MONGO_URI"]
     if uri != "embedded" and not uri.startswith(("mongodb://", "mongodb+srv://")):
         raise ConfigError(f"{PREFIX}MONGO_URI in {source}: expected 'embedded' or a mongodb:// URI")
@@ -454,7 +460,7 @@ def load(
     config = Config(
         source=source,
         data_dir=data_dir,
-        listen=ListenConfig(v["PUBLIC_IP"], v["PUBLIC_PORT"], v["PUBLIC_HOSTNAME"], tuple(extra_listen)),
+        listen=ListenConfig(v["PUBLIC_IP"], v["PUBLIC_PORT"], v["PUBLIC_HOSTNAME"], tuple(extra_listen), v["REUSE_PORT"], v["INSTANCE"]),
         tls=TLSConfig(v["SSL_ON"], v["SSL_CRT_PATH"], v["SSL_KEY_PATH"], v["SSL_CERTS_DIR"]),
         http=HTTPConfig(
             max_request_line=v["HTTP_MAX_REQUEST_LINE"],

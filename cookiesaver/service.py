@@ -131,6 +131,10 @@ class Reloader(service.Service):
 
 def _main_endpoint(reactor: Any, config: Config) -> tuple[Any, str]:
     ip, port = config.listen.ip, config.listen.port
+    if config.listen.reuse_port:
+        from cookiesaver.reuseport import ReusePortEndpoint
+
+        return ReusePortEndpoint(reactor, port, ip), (f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}") + " (SO_REUSEPORT)"
     if ":" in ip:
         return endpoints.TCP6ServerEndpoint(reactor, port, backlog=1024, interface=ip), f"[{ip}]:{port}"
     return endpoints.TCP4ServerEndpoint(reactor, port, backlog=1024, interface=ip), f"{ip}:{port}"
@@ -149,6 +153,8 @@ def build_service(config: Config, reactor: Any, metrics: Metrics | None = None) 
     # Storage.
     uri = config.mongo.uri
     if uri == "embedded":
+        if config.listen.reuse_port:
+            raise StartupError("COOKIESAVER_MONGO_URI 'embedded' cannot be shared by several processes: with COOKIESAVER_REUSE_PORT give a mongodb:// URI")
         try:
             executable = find_server()
         except EmbeddedUnavailable as e:
@@ -164,7 +170,8 @@ def build_service(config: Config, reactor: Any, metrics: Metrics | None = None) 
     store.setServiceParent(top)
     mongo_health = MongoHealth(store, reactor, metrics)
     mongo_health.setServiceParent(top)
-    spool = Spool(os.path.join(config.data_dir, "spool", "spool.sqlite3"), reactor)
+    spool_name = "spool.sqlite3" if config.listen.instance == "main" else f"spool-{config.listen.instance}.sqlite3"
+    spool = Spool(os.path.join(config.data_dir, "spool", spool_name), reactor)
     writer = Writer(store, config.writer, spool, reactor, metrics, indexes=INDEXES)
     writer.setServiceParent(top)
 

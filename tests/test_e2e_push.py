@@ -16,7 +16,8 @@ import os
 import re
 import time
 import uuid
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -246,7 +247,7 @@ class TestSubscribe:
     def test_browser_subscription_is_stored(self, push: Push, content_type: str) -> None:
         """A browser-shaped subscription (P-256 point, 16-byte auth, expirationTime null) is 200 and lands in push_subscriptions."""
         body = subscription()
-        status, headers, answer = push.post("/push/subscribe", body, content_type)
+        status, _, answer = push.post("/push/subscribe", body, content_type)
         assert status == 200, answer
         assert json.loads(answer) == {"ok": True, "subscription": sha256(body["endpoint"]), "key_id": push.vapid_key_id}
         doc = push.subscription(body["endpoint"])
@@ -410,7 +411,7 @@ class TestEvents:
             if kind == "clicked":
                 body["action"] = "shop"
             for _ in range(2):
-                status, headers, answer = push.post("/push/events", body, "text/plain;charset=UTF-8")
+                status, _, answer = push.post("/push/events", body, "text/plain;charset=UTF-8")
                 assert status == 204 and answer == b""
         wait_for(lambda: push.db.push_events.count_documents({"message": message}) >= 3)
         push.settle_events()

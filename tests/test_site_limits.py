@@ -153,3 +153,10 @@ class LineAndConnectionLimitTests(SynchronousTestCase):
         channel, transport = connect(site)
         channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(called, [])
+
+    def test_requests_counted_by_area_and_status(self):
+        """Every answered request increments cookiesaver_requests by area and status class."""
+        site, clock, metrics = make()
+        channel, transport = connect(site)
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(metrics.requests.labels(area="", status="2xx")._value.get(), 2)

@@ -29,6 +29,9 @@ from twisted.web import http, server
 from cookiesaver.config import HTTPConfig
 from cookiesaver.metrics import Metrics
 
+#: First path segments counted under their own name; anything else is "other" (bounded label cardinality).
+KNOWN_AREAS = frozenset({b"pixel", b"pixel.js", b"push", b"optout", b"cookiesaver", b"robots.txt", b""})
+
 _REASONS = {
     408: b"Request Timeout",
     413: b"Content Too Large",
@@ -194,6 +197,7 @@ class CookiesaverSite(server.Site):
         self._metrics = metrics
         self._access_log = access_log
         self.open_connections = 0
+        self._request_counters: dict[tuple[bytes, int], Any] = {}
 
     def at_capacity(self) -> bool:
         return self.open_connections >= self._limits.max_connections
@@ -219,6 +223,16 @@ class CookiesaverSite(server.Site):
         return channel
 
     def log(self, request: Any) -> None:
+        """Count every request by area and status class (cached counter children); optionally write the access log."""
+        prepath = request.prepath
+        key = (prepath[0] if prepath else b"", request.code // 100)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            area = key[0].decode("ascii", "replace") if key[0] in KNOWN_AREAS else "other"
+            counter = self._metrics.requests.labels(area=area, status=f"{key[1]}xx")
+            if key[0] in KNOWN_AREAS:
+                self._request_counters[key] = counter
+        counter.inc()
         if self._access_log is not None:
             self._access_log(
                 {

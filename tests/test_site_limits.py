@@ -160,3 +160,13 @@ class LineAndConnectionLimitTests(SynchronousTestCase):
         channel, transport = connect(site)
         channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(metrics.requests.labels(area="", status="2xx")._value.get(), 2)
+
+    def test_unsupported_method_gets_short_405(self):
+        """An unsupported method gets 405, an Allow header and a short text body, not Twisted's HTML page."""
+        site, clock, metrics = make()
+        channel, transport = connect(site)
+        channel.dataReceived(b"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        response = transport.value()
+        self.assertTrue(response.startswith(b"HTTP/1.1 405 "))
+        self.assertIn(b"Allow: GET, HEAD, POST\r\n", response)
+        self.assertTrue(response.endswith(b"\r\n\r\nmethod not allowed\n"))

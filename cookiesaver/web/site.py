@@ -25,6 +25,7 @@ from typing import Any, Callable
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web import http, server
+from twisted.web.resource import Resource, _computeAllowedMethods
 
 from cookiesaver.config import HTTPConfig
 from cookiesaver.metrics import Metrics
@@ -50,6 +51,22 @@ def _raw_response(code: int, message: bytes) -> bytes:
 
 class LimitedRequest(server.Request):
     """A request whose body lives in memory and is cut off at its path's limit."""
+
+    def render(self, resrc: Any) -> None:
+        """Answer an unsupported method with a short 405 and an Allow header (Twisted's page is deprecated HTML)."""
+        if type(resrc).render is Resource.render:
+            method = self.method.decode("ascii", "replace")
+            if not hasattr(resrc, "render_" + method) and not (method == "HEAD" and hasattr(resrc, "render_GET")):
+                allowed = sorted(_computeAllowedMethods(resrc))
+                self.setResponseCode(405)
+                self.setHeader(b"allow", b", ".join(allowed))
+                self.setHeader(b"content-type", b"text/plain; charset=utf-8")
+                body = b"method not allowed\n"
+                self.setHeader(b"content-length", b"%d" % len(body))
+                self.write(b"" if method == "HEAD" else body)
+                self.finish()
+                return
+        super().render(resrc)
 
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()

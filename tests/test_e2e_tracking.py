@@ -52,6 +52,7 @@ def raw_request(
     tls: bool = True,
     source: str | None = None,
     host: str = "127.0.0.1",
+    body: bytes = b"",
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """One HTTP/1.1 request over a fresh socket, target and headers sent byte for byte; raw response headers."""
     raw = socket.create_connection((host, port), timeout=10, source_address=(source, 0) if source else None)
@@ -59,7 +60,7 @@ def raw_request(
     try:
         lines = [method + b" " + target + b" HTTP/1.1", b"Host: pxl.localhost", b"Connection: close"]
         lines += [name + b": " + value for name, value in headers]
-        sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n")
+        sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
         data = b""
         while True:
             try:
@@ -200,6 +201,7 @@ class TestClick:
         assert event["link"] == NASTY_URL
         assert (event["account"], event["profile"]) == ("acme", "p-" + marker)
         assert event["ip"] == "127.0.0.1"
+        assert set(event) == {"_id", "type", "ts", "visitor", "ip", "ua", "account", "profile", "message", "link"}
         link = wait_until(lambda: db.visitor_links.find_one({"_id": vid}))
         assert (link["account"], link["profile"]) == ("acme", "p-" + marker)
 
@@ -299,6 +301,93 @@ class TestVisitorCookie:
         attributes = cookie_attributes(header_values(response, b"set-cookie")[0])
         assert "SameSite=None" in attributes and "Secure" in attributes and "HttpOnly" in attributes and "Path=/" in attributes
         assert attributes.index("Secure") < attributes.index("SameSite=None")
+
+
+# --- the other event shapes (docs/events.md) ------------------------------------------------------
+
+COMMON = {"_id", "type", "ts", "visitor", "ip", "ua"}
+
+
+class TestEventSchema:
+    def test_open_event(self, server, db):
+        """GET /pixel?k=KEY answers the GIF and stores an open event with the KEY's account, profile and message, no link."""
+        marker = tag()
+        token = make_token(server, NASTY_URL, account="acme", profile="p-" + marker, message="m-" + marker)
+        status, headers, body = raw_request(server.port, b"/pixel?k=" + token.encode(), [(b"User-Agent", browser_ua(marker).encode())])
+        assert status == 200 and body.startswith(b"GIF89a") and header_values(headers, b"content-type") == [b"image/gif"]
+        (event,) = wait_until(lambda: events_with(db, marker))
+        assert event["type"] == "open" and set(event) == COMMON | {"account", "profile", "message"}
+        assert (event["account"], event["profile"], event["message"]) == ("acme", "p-" + marker, "m-" + marker)
+        assert event["visitor"] == cookie_value(header_values(headers, b"set-cookie")[0])
+
+    def test_custom_event_by_get(self, server, db):
+        """A GET custom event stores type, site, url, ref, props (dots in names replaced) and malformed after a bad escape; DNT adds dnt."""
+        marker = tag()
+        target = b"/pixel?site=shop&e=signup&url=https%3A%2F%2Fshop.localhost%2Fa%3Fb%3D1&ref=r&p.plan=pro&p.a.b=%C3%A9&junk=%zz"
+        status, _, _ = raw_request(server.port, target, [(b"User-Agent", browser_ua(marker).encode()), (b"DNT", b"1")])
+        assert status == 200
+        (event,) = wait_until(lambda: events_with(db, marker))
+        assert set(event) == COMMON | {"site", "url", "ref", "props", "malformed", "dnt"}
+        assert (event["type"], event["site"], event["url"], event["ref"]) == ("signup", "shop", "https://shop.localhost/a?b=1", "r")
+        assert event["props"] == {"plan": "pro", "a_b": "\u00e9"}
+        assert event["malformed"] is True and event["dnt"] is True
+
+    def test_page_view_by_get_with_page_visitor_id(self, server, db):
+        """A GET page view without a cookie takes the visitor id from a valid cs_vid; no optional field is invented."""
+        marker = tag()
+        _, headers, _ = raw_request(server.port, click_target(make_token(server, "https://shop.localhost/")), [(b"User-Agent", BROWSER_UA.encode())])
+        vid = cookie_value(header_values(headers, b"set-cookie")[0])
+        status, _, _ = raw_request(server.port, b"/pixel?site=shop&cs_vid=" + vid.encode(), [(b"User-Agent", browser_ua(marker).encode())])
+        assert status == 200
+        (event,) = wait_until(lambda: events_with(db, marker))
+        assert event["type"] == "page_view" and event["visitor"] == vid
+        assert set(event) == COMMON | {"site"}
+
+    def test_beacon_batch(self, server, db):
+        """A POSTed batch stores one event per member with the body's valid vid, props as sent."""
+        marker = tag()
+        _, headers, _ = raw_request(server.port, click_target(make_token(server, "https://shop.localhost/")), [(b"User-Agent", BROWSER_UA.encode())])
+        vid = cookie_value(header_values(headers, b"set-cookie")[0])
+        body = json.dumps({
+            "site": "shop", "vid": vid,
+            "events": [{"url": "https://shop.localhost/p/1"}, {"e": "goal", "props": {"value": 42, "ok": True, "plan": "pro"}}],
+        }).encode()
+        status, _, _ = raw_request(
+            server.port, b"/pixel", [(b"User-Agent", browser_ua(marker).encode()), (b"Content-Type", b"text/plain"), (b"Content-Length", str(len(body)).encode())],
+            method=b"POST", body=body,
+        )
+        assert status == 204
+        events = wait_until(lambda: len(events_with(db, marker)) == 2 and events_with(db, marker))
+        by_type = {e["type"]: e for e in events}
+        assert set(by_type) == {"page_view", "goal"}
+        assert set(by_type["page_view"]) == COMMON | {"site", "url"}
+        assert set(by_type["goal"]) == COMMON | {"site", "props"}
+        assert by_type["goal"]["props"] == {"value": 42, "ok": True, "plan": "pro"}
+        assert {e["visitor"] for e in events} == {vid}
+
+    def test_unknown_site_stores_nothing(self, server, db):
+        """A page view for a site not in COOKIESAVER_SITES still gets the GIF and stores nothing."""
+        marker = tag()
+        status, _, body = raw_request(server.port, b"/pixel?site=nope&e=x", [(b"User-Agent", browser_ua(marker).encode())])
+        assert status == 200 and body.startswith(b"GIF89a")
+        sentinel_click(server, db, marker)
+        assert len(events_with(db, marker)) == 1
+
+    def test_opted_out_browser_is_redirected_without_cookie_or_event(self, server, db):
+        """After /optout, a click still redirects but sets no visitor cookie and stores nothing."""
+        marker = tag()
+        status, headers, _ = raw_request(server.port, b"/optout", [(b"User-Agent", BROWSER_UA.encode())])
+        set_cookies = header_values(headers, b"set-cookie")
+        assert status == 200 and any(c.startswith(b"csoptout=1;") for c in set_cookies)
+        assert any(c.startswith(b"csid=;") and b"Max-Age=0" in c for c in set_cookies)
+        token = make_token(server, NASTY_URL, profile="p-" + marker)
+        status, headers, _ = raw_request(
+            server.port, click_target(token), [(b"User-Agent", browser_ua(marker).encode()), (b"Cookie", b"csoptout=1")]
+        )
+        assert status == 302 and header_values(headers, b"location") == [NASTY_URL.encode()]
+        assert header_values(headers, b"set-cookie") == []
+        sentinel_click(server, db, marker)
+        assert len(events_with(db, marker)) == 1
 
 
 # --- refused KEYs ----------------------------------------------------------------------------------

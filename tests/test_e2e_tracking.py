@@ -390,6 +390,46 @@ class TestEventSchema:
         assert len(events_with(db, marker)) == 1
 
 
+# --- beacons BSON cannot encode ------------------------------------------------------------------
+
+UNENCODABLE = {
+    "int-beyond-int64": {"props": {"v": 10**23}},
+    "lone-surrogate-url": {"url": "\ud800"},
+    "lone-surrogate-name": {"e": "\udfff"},
+    "lone-surrogate-prop-value": {"props": {"k": "\ud800"}},
+    "lone-surrogate-prop-name": {"props": {"\ud800": "x"}},
+}
+
+
+def post_beacon(server: CookiesaverProcess, marker: str, body: dict[str, Any]) -> tuple[int, bytes]:
+    data = json.dumps(body).encode("ascii")  # json escapes lone surrogates as \ud800, as a browser's JSON.stringify does
+    status, _, answer = raw_request(
+        server.port,
+        b"/pixel",
+        [(b"User-Agent", browser_ua(marker).encode()), (b"Content-Type", b"text/plain"), (b"Content-Length", str(len(data)).encode())],
+        method=b"POST",
+        body=data,
+    )
+    return status, answer
+
+
+class TestUnencodableBeacons:
+    @pytest.mark.xfail(strict=True, reason="BUG: pixel.py render_POST submits documents bson cannot encode; writer.submit raises, 500")
+    @pytest.mark.parametrize("variant", sorted(UNENCODABLE))
+    def test_unencodable_beacon_is_refused_not_500(self, server, variant):
+        """A beacon with a lone surrogate escape or an integer beyond int64 is refused (4xx), never a 500."""
+        status, answer = post_beacon(server, tag(), {"site": "shop", "events": [UNENCODABLE[variant]]})
+        assert status < 500, answer[:200]
+
+    @pytest.mark.xfail(strict=True, reason="BUG: pixel.py render_POST stores the events before the unencodable one, then fails with 500")
+    def test_batch_is_all_or_nothing(self, server, db):
+        """A batch whose second event cannot be stored stores none of it."""
+        marker = tag()
+        post_beacon(server, marker, {"site": "shop", "events": [{"url": "https://shop.localhost/first"}, {"url": "\ud800"}]})
+        sentinel_click(server, db, marker)
+        assert [e["type"] for e in events_with(db, marker)] == ["pixel_open"]
+
+
 # --- refused KEYs ----------------------------------------------------------------------------------
 
 

@@ -140,3 +140,52 @@ class MongoStoreTests(TestCase):
         yield self.wait_ping(10)
         outcome = yield self.store.insert_many("events", [{"_id": 7}])
         self.assertEqual(outcome.written, 1)
+
+
+class WriterOnMongoTests(TestCase):
+    """The writer, its threaded spool and MongoStore together against a server that freezes."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_frozen_server_spools_then_drains(self) -> Any:
+        """While the server is SIGSTOPped events go to the spool; after SIGCONT they all reach MongoDB exactly once."""
+        import os
+
+        from twisted.internet import reactor
+
+        from cookiesaver.metrics import Metrics
+        from cookiesaver.spool import Spool
+        from cookiesaver.writer import INDEXES, Writer
+        from tests.test_writer import CONFIG
+
+        import attrs
+
+        server = start_secantus(self.mktemp())
+        self.addCleanup(server.stop)
+        store = MongoStore(MongoConfig(server.uri, "cstest", 1.0), reactor, retry_delay=0.3, max_delay=1.0)
+        store.startService()
+        self.addCleanup(store.stopService)
+        spool = Spool(os.path.join(os.path.abspath(self.mktemp()), "spool.sqlite3"), reactor)
+        config = attrs.evolve(CONFIG, batch_size=50, max_queue_docs=10_000, write_timeout=1.0, backoff_max=0.5)
+        writer = Writer(store, config, spool, reactor, Metrics(), indexes=INDEXES)
+        writer.startService()
+        self.addCleanup(writer.stopService)
+        for n in range(100):
+            self.assertTrue(writer.submit("events", {"_id": n}))
+        server.pause()
+        for n in range(100, 200):
+            self.assertTrue(writer.submit("events", {"_id": n}))
+        yield task.deferLater(reactor, 2.0, lambda: None)
+        server.resume()
+        for _ in range(100):
+            yield task.deferLater(reactor, 0.1, lambda: None)
+            if not writer.spooling and writer.memory[0] == 0:
+                break
+        yield writer.stopService()
+        client = server.client()
+        try:
+            ids = sorted(d["_id"] for d in client["cstest"]["events"].find())
+        finally:
+            client.close()
+        self.assertEqual(ids, list(range(200)))

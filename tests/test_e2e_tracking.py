@@ -414,14 +414,12 @@ def post_beacon(server: CookiesaverProcess, marker: str, body: dict[str, Any]) -
 
 
 class TestUnencodableBeacons:
-    @pytest.mark.xfail(strict=True, reason="BUG: pixel.py render_POST submits documents bson cannot encode; writer.submit raises, 500")
     @pytest.mark.parametrize("variant", sorted(UNENCODABLE))
     def test_unencodable_beacon_is_refused_not_500(self, server, variant):
         """A beacon with a lone surrogate escape or an integer beyond int64 is refused (4xx), never a 500."""
         status, answer = post_beacon(server, tag(), {"site": "shop", "events": [UNENCODABLE[variant]]})
         assert status < 500, answer[:200]
 
-    @pytest.mark.xfail(strict=True, reason="BUG: pixel.py render_POST stores the events before the unencodable one, then fails with 500")
     def test_batch_is_all_or_nothing(self, server, db):
         """A batch whose second event cannot be stored stores none of it."""
         marker = tag()

@@ -303,3 +303,48 @@ class BeaconTests(SynchronousTestCase):
         req, code, _ = self.post(json.dumps({"site": "shop"}).encode(), origin=b"https://evil.example")
         self.assertIsNone(req.responseHeaders.getRawHeaders(b"access-control-allow-origin"))
 
+
+
+class BeaconValidationTests(SynchronousTestCase):
+    def setUp(self):
+        self.pixel, self.tracking, self.sink, self.metrics, self.keys = make(self.mktemp())
+
+    def post(self, body: dict):
+        req = request(b"/pixel", method=b"POST", headers={b"content-type": b"application/json"}, body=json.dumps(body).encode())
+        return render(self.pixel, req)
+
+    def test_unstorable_values_refused_whole_batch(self):
+        """Lone surrogates, integers beyond int64 and non-finite numbers get 400 and nothing of the batch is stored."""
+        for bad in ({"url": "\ud800"}, {"e": "\udfff"}, {"props": {"k": "\ud800"}}, {"props": {"\ud800": "x"}}, {"props": {"v": 10**24}}, {"props": {"v": float("nan")}}):
+            code, out = self.post({"site": "shop", "events": [{"url": "https://shop.example/ok"}, bad]})
+            self.assertEqual(code, 400, (bad, out))
+            self.assertIn(b"events[1]", out)
+        self.assertEqual(self.sink.documents, [])
+
+    def test_reserved_types_refused(self):
+        """A page cannot write click or open events: POST gets 400, GET records nothing."""
+        code, out = self.post({"site": "shop", "events": [{"e": "pixel_open"}]})
+        self.assertEqual(code, 400)
+        code, body = render(self.pixel, request(b"/pixel?site=shop&e=open"))
+        self.assertEqual(body, GIF)
+        self.assertEqual(self.sink.documents, [])
+
+    def test_unencodable_token_field_counted_not_crashing(self):
+        """A validly signed KEY carrying a lone surrogate redirects, records nothing and counts malformed."""
+        from cookiesaver.token import b64url_encode
+
+        payload = b64url_encode(json.dumps({"p": "\ud800", "u": "https://shop.example/", "t": int(NOW)}).encode())
+        token = (payload + b".k1." + self.keys.mac(b"k1", payload + b".k1")).decode()
+
+        class Strict(MemorySink):
+            def submit(self, collection, document):
+                import bson
+
+                bson.encode(document)
+                return super().submit(collection, document)
+
+        self.tracking.sink = Strict()
+        req = request(b"/pixel?_open_pix=1&k=" + token.encode())
+        code, _ = render(self.pixel, req)
+        self.assertEqual(code, 302)
+        self.assertEqual(not_recorded(self.metrics, "malformed"), 1)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 from typing import Any, Mapping
 from urllib.parse import quote
 
 from bson import ObjectId
+from bson.errors import InvalidDocument
 from twisted.web.resource import Resource
 
 from cookiesaver.bots import BotRules
@@ -46,6 +48,9 @@ MAX_PROP_KEY = 64
 MAX_PROP_VALUE = 256
 MAX_BATCH = 50
 MAX_NAME = 64
+#: Event types only the click and open paths write; a page may not claim them.
+RESERVED_TYPES = frozenset({"pixel_open", "open"})
+INT64 = 2**63
 
 EVENTS = "events"
 LINKS = "visitor_links"
@@ -95,7 +100,13 @@ class Tracking:
         return datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
 
     def submit_event(self, document: dict[str, Any]) -> bool:
-        if self.sink.submit(EVENTS, document):
+        try:
+            accepted = self.sink.submit(EVENTS, document)
+        except (InvalidDocument, OverflowError, UnicodeEncodeError):
+            # Defence in depth: input checks should have refused it (a lone surrogate, an integer beyond int64).
+            self.not_recorded("malformed")
+            return False
+        if accepted:
             self._accepted.inc()
             return True
         self.not_recorded("overload")
@@ -283,6 +294,9 @@ class Pixel(Resource):
         doc["site"] = site
         name = query.first("e")
         malformed = query.malformed
+        if name in RESERVED_TYPES:
+            self.t.not_recorded("malformed")
+            return self._gif(request, visit)
         if name:
             name, cut = _clip(name, MAX_NAME)
             doc["type"] = name
@@ -353,8 +367,11 @@ class Pixel(Resource):
             return b"busy, retry later\n"
         events = body["events"] if "events" in body else [body]
         visit = Visit(self.t, request, body.get("vid"))
-        if visit.block or visit.skip:
-            self.t.not_recorded(visit.skip or "bot")
+        if visit.block:
+            self.t.not_recorded("bot")
+            return self._blocked(request)
+        if visit.skip:
+            self.t.not_recorded(visit.skip)
             request.setResponseCode(204)
             return b""
         for event in events:
@@ -379,7 +396,7 @@ def _check_batch(body: Any, site_ids: frozenset[str]) -> str | None:
     if not isinstance(site, str) or site not in site_ids:
         return "site: unknown site id"
     vid = body.get("vid")
-    if vid is not None and (not isinstance(vid, str) or len(vid) > 64):
+    if vid is not None and (not isinstance(vid, str) or len(vid) > 64 or not vid.isascii()):
         return "vid: expected a visitor id string"
     events = body.get("events", [body])
     if not isinstance(events, list) or not events:
@@ -391,26 +408,43 @@ def _check_batch(body: Any, site_ids: frozenset[str]) -> str | None:
         if not isinstance(event, dict):
             return f"{where}: expected an object"
         name = event.get("e", "page_view")
-        if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME or not _encodable(name):
             return f"{where}.e: expected an event name of at most {MAX_NAME} characters"
+        if name in RESERVED_TYPES:
+            return f"{where}.e: {name!r} is reserved for clicks and opens"
         for field in ("url", "ref"):
             value = event.get(field)
-            if value is not None and (not isinstance(value, str) or len(value) > MAX_TEXT):
+            if value is not None and (not isinstance(value, str) or len(value) > MAX_TEXT or not _encodable(value)):
                 return f"{where}.{field}: expected a string of at most {MAX_TEXT} characters"
         props = event.get("props")
         if props is not None:
             if not isinstance(props, dict) or len(props) > MAX_PROPS:
                 return f"{where}.props: expected an object with at most {MAX_PROPS} members"
             for key, value in props.items():
-                if len(key) > MAX_PROP_KEY or "." in key or key.startswith("$"):
-                    return f"{where}.props: member names are at most {MAX_PROP_KEY} characters, without '.' or a leading '$'"
+                if len(key) > MAX_PROP_KEY or "." in key or key.startswith("$") or not _encodable(key):
+                    return f"{where}.props: member names are at most {MAX_PROP_KEY} characters of text, without '.' or a leading '$'"
                 if isinstance(value, bool) or value is None:
                     continue
-                if isinstance(value, (int, float)):
-                    continue
-                if not isinstance(value, str) or len(value) > MAX_PROP_VALUE:
+                if isinstance(value, int):
+                    if -INT64 <= value < INT64:
+                        continue
+                    return f"{where}.props.{key}: integers must fit in 64 bits"
+                if isinstance(value, float):
+                    if math.isfinite(value):
+                        continue
+                    return f"{where}.props.{key}: numbers must be finite"
+                if not isinstance(value, str) or len(value) > MAX_PROP_VALUE or not _encodable(value):
                     return f"{where}.props.{key}: expected a string of at most {MAX_PROP_VALUE} characters, a number or a boolean"
     return None
+
+
+def _encodable(text: str) -> bool:
+    """False for strings MongoDB cannot store: JSON allows lone UTF-16 surrogates (\\ud800), UTF-8 does not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class StaticScript(Resource):

@@ -355,6 +355,18 @@ class PushResourceTests(SynchronousTestCase):
         self.assertEqual(op.update["$setOnInsert"], {"created": now, "endpoint": FCM})
         self.assertEqual(self.accepted("push_subscriptions"), 1)
 
+    def test_unstorable_profile_is_400_not_500(self) -> None:
+        """A KEY whose profile cannot be stored (a lone surrogate from a foreign minter) gives 400, not a 500."""
+        import bson
+
+        self.profiles[b"odd-key"] = "\ud800"
+        original = self.sink.submit_upsert
+        self.sink.submit_upsert = lambda collection, op: (bson.encode(dict(op.update["$set"])), original(collection, op))[1]  # type: ignore[method-assign]
+        response, content = self.post("subscribe?site=shop&key=odd-key", browser_subscription())
+        self.assertEqual(response.code, 400, content)
+        self.assertEqual(self.sink.upserts, [])
+        self.assertEqual(self.not_recorded("malformed"), 1)
+
     def test_subscribe_text_plain(self) -> None:
         """text/plain (no preflight) is accepted, with or without a charset."""
         for content_type in ("text/plain", "text/plain;charset=UTF-8"):

@@ -24,6 +24,7 @@ from importlib import resources
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
+from bson.errors import InvalidDocument
 from twisted.web import http, pages
 from twisted.web.resource import IResource, Resource
 
@@ -206,7 +207,11 @@ class PushArea:
     def answer_post(self, request: Any, site_hint: Callable[[], str | None], handle: Callable[[], tuple[int, Mapping[str, Any] | None]]) -> bytes:
         """Run a POST handler, apply CORS for the site it is about, and turn L{Reject} into a JSON error."""
         try:
-            code, payload = handle()
+            try:
+                code, payload = handle()
+            except (InvalidDocument, OverflowError, UnicodeEncodeError):
+                # Validation should have refused it; never let an unstorable value become a 500.
+                raise Reject(400, "body", "contains a value that cannot be stored", "malformed") from None
         except Reject as r:
             apply_cors(request, self.site_origins(site_hint()))
             self.metrics.not_recorded.labels(reason=r.reason).inc()

@@ -257,11 +257,12 @@ def browser(tmp_path_factory: pytest.TempPathFactory, mongo: Any) -> Iterator[Br
 
 @pytest.fixture(scope="module")
 def subscribed(browser: Browser) -> dict[str, Any]:
-    """Grant notifications, open the subscribe page and wait until the page says notifications are on."""
-    browser.driver.execute_cdp_cmd("Browser.grantPermissions", {"origin": browser.origin, "permissions": ["notifications"]})
+    """Open the subscribe page, grant notifications, click "Allow notifications" (the user gesture) and wait until the page says they are on."""
     browser.driver.get(browser.origin + "/push/subscribe?site=shop&origin=https://shop.localhost")
-    if browser.driver.find_element("id", "allow").is_displayed():
-        browser.driver.find_element("id", "allow").click()
+    allow = browser.driver.find_element("id", "allow")
+    assert allow.is_displayed(), "with permission 'default' the page asks on a click"
+    browser.driver.execute_cdp_cmd("Browser.grantPermissions", {"origin": browser.origin, "permissions": ["notifications"]})
+    allow.click()
     wait_for(lambda: "Notifications are on" in browser.status() or "wrong" in browser.status(), what="subscribe page finished")
     assert "Notifications are on" in browser.status(), browser.status()
     subscription = browser.subscription()
@@ -328,25 +329,36 @@ def deliver(browser: Browser, payload: bytes | str) -> None:
         devtools.close()
 
 
+NOTIFICATIONS = (
+    "const r = await navigator.serviceWorker.getRegistration('/push/sites/shop/');"
+    "return (await r.getNotifications()).map((n) => ({title: n.title, body: n.body, tag: n.tag, data: n.data}));"
+)
+
+
 def test_push_shows_notification_and_reports_delivered(browser: Browser, subscribed: dict[str, Any]) -> None:
-    """A push delivered to the worker shows its notification and a delivered report with the endpoint hash lands in push_events."""
+    """A push delivered to the worker shows its notification, and the delivered report (sent only after showNotification resolved) lands in push_events."""
     message = "m-e2e-" + os.urandom(6).hex()
     payload = {"message": message, "title": "Winter sale", "body": "Everything 20% off.", "url": "https://shop.localhost/sale", "tag": "sale"}
     deliver(browser, json.dumps(payload))
-    shown = wait_for(
-        lambda: browser.js(
-            "const r = await navigator.serviceWorker.getRegistration('/push/sites/shop/');"
-            "return (await r.getNotifications()).map((n) => ({title: n.title, body: n.body, tag: n.tag, data: n.data}));"
-        ),
-        what="notification shown",
-    )
-    assert [(n["title"], n["body"], n["tag"], n["data"]["message"], n["data"]["url"]) for n in shown] == [
-        ("Winter sale", "Everything 20% off.", "sale", message, "https://shop.localhost/sale")
-    ]
-    doc = wait_for(lambda: browser.db.push_events.find_one({"message": message}), what="delivered event in MongoDB")
+    seen: list[dict[str, Any]] = []
+
+    def reported() -> Any:
+        seen.extend(browser.js(NOTIFICATIONS))
+        return browser.db.push_events.find_one({"message": message})
+
+    doc = wait_for(reported, what="delivered event in MongoDB")
     assert doc["type"] == "delivered"
     assert doc["subscription"] == sha256(subscribed["endpoint"])
     assert doc["_id"] == sha256(f"{message}|{doc['subscription']}|delivered")
+    # Headless Chromium 156 lists the shown notification in getNotifications()
+    # only in some runs (about one in six here): it syncs the list with its
+    # notification display, which headless lacks. showNotification() resolving
+    # is what the worker's delivered report proves; when the list has it, it
+    # must be this payload.
+    for shown in seen:
+        assert (shown["title"], shown["body"], shown["tag"], shown["data"]["message"], shown["data"]["url"]) == (
+            "Winter sale", "Everything 20% off.", "sale", message, "https://shop.localhost/sale"
+        )
 
 
 def test_unreadable_push_is_reported_invalid_not_shown(browser: Browser, subscribed: dict[str, Any]) -> None:
@@ -358,3 +370,19 @@ def test_unreadable_push_is_reported_invalid_not_shown(browser: Browser, subscri
     assert doc["type"] == "invalid" and doc["subscription"] == sha256(subscribed["endpoint"])
     after = browser.js("const r = await navigator.serviceWorker.getRegistration('/push/sites/shop/'); return (await r.getNotifications()).length;")
     assert after == before
+
+
+def test_push_without_permission_shows_nothing_and_reports_nothing(browser: Browser, subscribed: dict[str, Any]) -> None:
+    """With notification permission revoked, showNotification fails, so no delivered report is stored: the report means shown."""
+    browser.driver.execute_cdp_cmd("Browser.resetPermissions", {})
+    try:
+        assert browser.js("return Notification.permission") != "granted"
+        message = "m-denied-" + os.urandom(6).hex()
+        deliver(browser, json.dumps({"message": message, "title": "Not allowed"}))
+        time.sleep(2)  # the worker's report would take ~0.3 s; give it far longer
+        later = {"type": "delivered", "message": "sentinel-" + os.urandom(6).hex(), "subscription": sha256(subscribed["endpoint"])}
+        assert browser.server.request("POST", "/push/events", body=json.dumps(later).encode(), headers={"Content-Type": "text/plain"})[0] == 204
+        wait_for(lambda: browser.db.push_events.find_one({"message": later["message"]}), what="sentinel event")
+        assert browser.db.push_events.find_one({"message": message}) is None
+    finally:
+        browser.driver.execute_cdp_cmd("Browser.grantPermissions", {"origin": browser.origin, "permissions": ["notifications"]})

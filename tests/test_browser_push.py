@@ -7,9 +7,9 @@ The real push services are unreachable here, so two stand-ins are used:
   (L{FakeGcm}) that answers a check-in and hands out registration tokens. With
   it, the browser's real ``PushManager.subscribe()`` succeeds and produces a
   real PushSubscription (its own P-256 key and auth secret). Without it,
-  ``subscribe()`` in headless Chromium offline never settles: the page stays
-  at "Turning notifications on..." (checked when this test was written, with
-  Chromium 156).
+  ``subscribe()`` in headless Chromium offline neither resolves nor rejects
+  within 45 s: the page stays at "Turning notifications on..." (seen with
+  Chromium 156 when this test was written).
 - The push itself is delivered with the DevTools protocol
   (``ServiceWorker.deliverPushMessage``), which runs the worker's push handler
   exactly as a push from the service would.

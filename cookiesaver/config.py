@@ -171,6 +171,7 @@ class Key:
 
 DEFAULT_PUSH_SERVICES = (
     "fcm.googleapis.com",
+    "jmt17.google.com",  # Chromium builds (e.g. Debian's) subscribe through this FCM front end
     "updates.push.services.mozilla.com",
     "push.services.mozilla.com",
     "web.push.apple.com",

@@ -294,14 +294,6 @@ def test_browser_subscription_lands_in_mongodb(browser: Browser, subscribed: dic
     assert browser.db.push_subscriptions.count_documents({"endpoint": endpoint}) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: cookiesaver/config.py DEFAULT_PUSH_SERVICES lacks jmt17.google.com, the host current Chromium "
-        "(156) puts in PushSubscription.endpoint, so with the default configuration every Chromium subscription "
-        "is refused 400 'host is not a known browser push service'"
-    ),
-)
 def test_default_push_services_accept_chromium_endpoint(subscribed: dict[str, Any]) -> None:
     """The endpoint real Chromium produced passes endpoint validation with the default COOKIESAVER_PUSH_SERVICES."""
     endpoint = subscribed["endpoint"]

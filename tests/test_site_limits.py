@@ -170,3 +170,13 @@ class LineAndConnectionLimitTests(SynchronousTestCase):
         self.assertTrue(response.startswith(b"HTTP/1.1 405 "))
         self.assertIn(b"Allow: GET, HEAD, POST\r\n", response)
         self.assertTrue(response.endswith(b"\r\n\r\nmethod not allowed\n"))
+
+    def test_push_413_is_json(self):
+        """Push errors are JSON, including the HTTP layer's early 413."""
+        site, clock, metrics = make()
+        channel, transport = connect(site)
+        channel.dataReceived(b"POST /push/subscribe HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n")
+        response = transport.value()
+        self.assertTrue(response.startswith(b"HTTP/1.1 413 "))
+        self.assertIn(b"Content-Type: application/json", response)
+        self.assertTrue(response.endswith(b'{"error": "request body too large", "field": "body"}\n'))

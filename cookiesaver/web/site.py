@@ -41,11 +41,15 @@ _REASONS = {
 }
 
 
-def _raw_response(code: int, message: bytes) -> bytes:
-    body = message + b"\n"
+def _raw_response(code: int, message: bytes, as_json: bool = False) -> bytes:
+    """A complete fixed response; JSON for areas whose errors are JSON (push), text otherwise."""
+    if as_json:
+        body, content_type = b'{"error": "%s", "field": "body"}\n' % message, b"application/json"
+    else:
+        body, content_type = message + b"\n", b"text/plain; charset=utf-8"
     return (
-        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
-        b"Connection: close\r\n\r\n%s" % (code, _REASONS[code], len(body), body)
+        b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n%s" % (code, _REASONS[code], content_type, len(body), body)
     )
 
 
@@ -124,7 +128,8 @@ class LimitedChannel(http.HTTPChannel):
         if self.transport is None:
             return
         if not self.requests or not self._handlingRequest:
-            self.transport.write(_raw_response(code, message))
+            path = getattr(self, "_path", None) or b""
+            self.transport.write(_raw_response(code, message, as_json=code == 413 and path.startswith(b"/push/")))
         self.transport.loseConnection()
         self._clock.callLater(2.0, self.transport.abortConnection)
 

@@ -374,6 +374,24 @@ def _sites(raw: Mapping[str, Any], source: str) -> dict[str, SiteConfig]:
     return sites
 
 
+def _check_mongo_uri(uri: str, source: str) -> None:
+    """Parse a mongodb:// URI the way the driver will (no DNS), never echoing its credentials."""
+    from pymongo.errors import InvalidURI, PyMongoError
+    from pymongo.uri_parser import parse_uri
+
+    try:
+        parse_uri(uri)
+    except (InvalidURI, PyMongoError, ValueError) as e:
+        reason = str(e)
+        userinfo = uri[len("mongodb://"):].rpartition("@")[0]
+        if userinfo:
+            reason = reason.replace(userinfo, "***")
+            for part in userinfo.split(":"):
+                if part:
+                    reason = reason.replace(part, "***")
+        raise ConfigError(f"{PREFIX}MONGO_URI in {source}: not a valid MongoDB URI ({reason[:120]})") from None
+
+
 def load(
     path: str | None,
     environ: Mapping[str, str] | None = None,
@@ -406,14 +424,19 @@ def load(
             warnings.append(f"unknown environment variable {name}{_closest(name)}")
 
     values: dict[str, Any] = {}
+    where: dict[str, str] = {}
     for full, key in KEYS_BY_NAME.items():
         if full in overrides:
+            where[key.name] = "the command line"
             values[key.name] = _coerce(key, overrides[full], "the command line", from_env=True)
         elif full in environ:
+            where[key.name] = "the environment"
             values[key.name] = _coerce(key, environ[full], "the environment", from_env=True)
         elif full in file_values:
+            where[key.name] = source
             values[key.name] = _coerce(key, file_values[full], source, from_env=False)
         else:
+            where[key.name] = "defaults"
             default = key.default
             if key.kind == "path" and default is not None:
                 default = os.path.abspath(default)
@@ -428,33 +451,35 @@ def load(
     if v["SSL_ON"]:
         for k in ("SSL_CRT_PATH", "SSL_KEY_PATH"):
             if not v[k]:
-                raise ConfigError(f"{PREFIX}{k}: required when {PREFIX}SSL_ON is true (in {source})")
+                raise ConfigError(f"{PREFIX}{k}: required when {PREFIX}SSL_ON is true (in {where['SSL_ON']})")
     if not 0 < v["PUBLIC_PORT"] < 65536:
-        raise _fail(PREFIX + "PUBLIC_PORT", source, "a port between 1 and 65535", v["PUBLIC_PORT"])
+        raise _fail(PREFIX + "PUBLIC_PORT", where["PUBLIC_PORT"], "a port between 1 and 65535", v["PUBLIC_PORT"])
     try:
         ipaddress.ip_address(v["PUBLIC_IP"])
     except ValueError:
-        raise _fail(PREFIX + "PUBLIC_IP", source, "an IP address", v["PUBLIC_IP"]) from None
+        raise _fail(PREFIX + "PUBLIC_IP", where["PUBLIC_IP"], "an IP address", v["PUBLIC_IP"]) from None
     if not v["INSTANCE"] or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in v["INSTANCE"]):
-        raise _fail(PREFIX + "INSTANCE", source, "letters, digits, '-', '_' or '.'", v["INSTANCE"])
+        raise _fail(PREFIX + "INSTANCE", where["INSTANCE"], "letters, digits, '-', '_' or '.'", v["INSTANCE"])
     uri = v["MONGO_URI"]
     if uri != "embedded" and not uri.startswith(("mongodb://", "mongodb+srv://")):
-        raise ConfigError(f"{PREFIX}MONGO_URI in {source}: expected 'embedded' or a mongodb:// URI")
+        raise ConfigError(f"{PREFIX}MONGO_URI in {where['MONGO_URI']}: expected 'embedded' or a mongodb:// URI")
+    if uri.startswith("mongodb://"):
+        _check_mongo_uri(uri, where["MONGO_URI"])
     body_limits = {}
     for prefix, limit in v["HTTP_BODY_LIMITS"].items():
         if not prefix.startswith("/") or isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ConfigError(f"{PREFIX}HTTP_BODY_LIMITS in {source}: expected {{\"/path\": bytes}}, got {prefix!r}: {limit!r}")
+            raise ConfigError(f"{PREFIX}HTTP_BODY_LIMITS in {where['HTTP_BODY_LIMITS']}: expected {{\"/path\": bytes}}, got {prefix!r}: {limit!r}")
         body_limits[prefix] = limit
     token_keys = {}
     for kid, key_path in v["TOKEN_KEYS"].items():
         if not isinstance(key_path, str) or not key_path:
-            raise ConfigError(f"{PREFIX}TOKEN_KEYS.{kid} in {source}: expected a key file path")
+            raise ConfigError(f"{PREFIX}TOKEN_KEYS.{kid} in {where['TOKEN_KEYS']}: expected a key file path")
         if not kid or not all(c.isalnum() or c in "-_" for c in kid):
-            raise ConfigError(f"{PREFIX}TOKEN_KEYS in {source}: key id {kid!r} must be letters, digits, '-' or '_'")
+            raise ConfigError(f"{PREFIX}TOKEN_KEYS in {where['TOKEN_KEYS']}: key id {kid!r} must be letters, digits, '-' or '_'")
         token_keys[kid] = os.path.abspath(key_path)
     current = v["TOKEN_CURRENT_KEY"]
     if current is not None and current not in token_keys:
-        raise ConfigError(f"{PREFIX}TOKEN_CURRENT_KEY in {source}: {current!r} is not in {PREFIX}TOKEN_KEYS")
+        raise ConfigError(f"{PREFIX}TOKEN_CURRENT_KEY in {where['TOKEN_CURRENT_KEY']}: {current!r} is not in {PREFIX}TOKEN_KEYS")
     if current is None and len(token_keys) == 1:
         current = next(iter(token_keys))
 
@@ -500,7 +525,7 @@ def load(
         privacy=PrivacyConfig(drop_dnt=v["PRIVACY_DROP_DNT"]),
         bots=BotsConfig(ua_path=v["BOTS_UA_PATH"], ip_path=v["BOTS_IP_PATH"]),
         push=PushConfig(services=tuple(v["PUSH_SERVICES"])),
-        sites=_sites(v["SITES"], source),
+        sites=_sites(v["SITES"], where["SITES"]),
         trusted_proxies=v["TRUSTED_PROXIES"],
         metrics_networks=v["METRICS_NETWORKS"],
     )

@@ -1,8 +1,8 @@
 """Adversarial end-to-end tests: bad input, protocol abuse and faults against the real twistd process.
 
-Each finding is pinned by an C{xfail(strict=True)} test that fails today and
-will XPASS (failing the suite) once it is fixed, so the marker must then go.
-The other tests are cheap regressions for attacks that held up.
+Each finding was first pinned by a strict xfail and is now a plain
+regression test (the fixes landed with the markers removed). The other tests
+are cheap regressions for attacks that held up.
 
 Two servers per module: a plain-HTTP one with the default limits (so raw
 sockets need no TLS) and a TLS one with short deadlines and a small
@@ -154,10 +154,6 @@ def stored_sentinel(server: CookiesaverProcess, db: Any) -> None:
 # --- findings ------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: POST /pixel with deeply nested JSON raises RecursionError in json.loads (only JSONDecodeError is caught): 500 and a traceback",
-)
 def test_pixel_post_deeply_nested_json_is_400(plain: CookiesaverProcess) -> None:
     watch = LogWatch(plain)
     response = exchange(plain.port, http("POST", "/pixel", b"[" * 50000, {"Content-Type": "text/plain"}))
@@ -166,10 +162,6 @@ def test_pixel_post_deeply_nested_json_is_400(plain: CookiesaverProcess) -> None
     assert watch.tracebacks() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: POST /pixel with an integer literal of more than 4300 digits raises ValueError (int max_str_digits) in json.loads: 500",
-)
 def test_pixel_post_huge_integer_literal_is_400(plain: CookiesaverProcess) -> None:
     watch = LogWatch(plain)
     body = b'{"site":"shop","props":{"n":' + b"9" * 5000 + b"}}"
@@ -178,11 +170,6 @@ def test_pixel_post_huge_integer_literal_is_400(plain: CookiesaverProcess) -> No
     assert watch.tracebacks() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: POST /pixel with a NUL in a props member name passes _check_batch; bson refuses the key at submit, so the "
-    "batch is answered 204 and stored in part (docs/events.md: a bad batch is refused with 400, nothing of it stored)",
-)
 def test_pixel_post_nul_in_prop_name_refuses_whole_batch(plain: CookiesaverProcess, db: Any) -> None:
     mark = uuid.uuid4().hex[:10]
     batch = {"site": "shop", "events": [{"e": "good" + mark}, {"e": "bad" + mark, "props": {"a\u0000b": 1}}]}
@@ -193,11 +180,6 @@ def test_pixel_post_nul_in_prop_name_refuses_whole_batch(plain: CookiesaverProce
     assert b"props" in body_of(response)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: GET /pixel?p.a%00b=1 drops the whole page view (bson InvalidDocument caught in submit_event) instead of "
-    "repairing the name as it does for '.' and '$' (docs/events.md: names repaired, malformed flag set)",
-)
 def test_pixel_get_nul_in_prop_name_still_records_page_view(plain: CookiesaverProcess, db: Any) -> None:
     name = "nulprop" + uuid.uuid4().hex[:10]
     response = exchange(plain.port, http("GET", f"/pixel?site=shop&e={name}&p.a%00b=1&p.ok=1"))
@@ -209,11 +191,6 @@ def test_pixel_get_nul_in_prop_name_still_records_page_view(plain: CookiesaverPr
     assert doc["props"].get("ok") == "1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: POST /push/events with an Origin that urlsplit cannot parse ('http://[') raises ValueError in "
-    "PushArea.check_origin: 500 instead of 403 forbidden_origin",
-)
 def test_push_events_unparsable_origin_is_403(plain: CookiesaverProcess) -> None:
     watch = LogWatch(plain)
     body = b'{"type":"delivered","message":"m1","subscription":"s1"}'
@@ -225,11 +202,6 @@ def test_push_events_unparsable_origin_is_403(plain: CookiesaverProcess) -> None
     assert watch.tracebacks() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: HEAD /cookiesaver (the plain Resource holding health/readiness/metrics) is a 500: Resource.render_HEAD calls "
-    "a missing render_GET (AttributeError); GET gives 405 with an empty Allow header",
-)
 def test_head_on_operations_directory_is_not_500(plain: CookiesaverProcess) -> None:
     watch = LogWatch(plain)
     response = exchange(plain.port, http("HEAD", "/cookiesaver"))
@@ -237,11 +209,6 @@ def test_head_on_operations_directory_is_not_500(plain: CookiesaverProcess) -> N
     assert watch.tracebacks() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: LimitedChannel._reject always schedules transport.abortConnection 2 s later; on a TLS connection the client "
-    "already closed, TLSMemoryBIOProtocol.abortConnection raises AttributeError, logged as a critical traceback (one per connection)",
-)
 def test_tls_rejected_connection_closed_by_client_logs_no_traceback(limited: CookiesaverProcess) -> None:
     watch = LogWatch(limited)
     for _ in range(2):
@@ -257,11 +224,6 @@ def test_tls_rejected_connection_closed_by_client_logs_no_traceback(limited: Coo
     assert "Traceback" not in log, log[-2000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: --check accepts a mongodb:// URI pymongo cannot parse; the real start then dies in MongoStore.startService "
-    "with a traceback instead of one line naming COOKIESAVER_MONGO_URI",
-)
 def test_check_refuses_unparsable_mongo_uri(tmp_path: Any) -> None:
     server = CookiesaverProcess(str(tmp_path), "mongodb://user:pw@[::1/", tls=False)
     code, stderr = server.run_to_exit("--check", timeout=30)

@@ -85,3 +85,11 @@ class ConfigTests(SynchronousTestCase):
         text = reference_markdown()
         for key in ("COOKIESAVER_PUBLIC_IP", "COOKIESAVER_SSL_KEY_PATH", "COOKIESAVER_MONGO_URI", "COOKIESAVER_SITES"):
             self.assertIn(key, text)
+
+    def test_unparsable_mongo_uri_refused_without_credentials(self):
+        """A mongodb:// URI the driver cannot parse is one line naming the key and its source, never the password."""
+        e = self.assertRaises(ConfigError, load, None, {**PLAIN, "COOKIESAVER_MONGO_URI": "mongodb://user:s3cretpw@[::1/"})
+        self.assertIn("COOKIESAVER_MONGO_URI in the environment", str(e))
+        self.assertNotIn("s3cretpw", str(e))
+        e = self.assertRaises(ConfigError, load, None, {**PLAIN, "COOKIESAVER_MONGO_URI": "mongodb://h:99999"})
+        self.assertIn("Port", str(e))

@@ -12,7 +12,7 @@ from twisted.web.resource import Resource
 from cookiesaver.config import Network
 from cookiesaver.interfaces import IReadinessProbe
 from cookiesaver.metrics import Metrics
-from cookiesaver.web.responses import head
+from cookiesaver.web.responses import Directory, head
 
 
 class Fixed(Resource):
@@ -94,7 +94,7 @@ def peer_address(request: Any) -> str:
 
 def operations_resource(metrics: Metrics, probes: Sequence[IReadinessProbe], networks: Sequence[Network], client_address: Callable[[Any], str] = peer_address) -> Resource:
     """The /cookiesaver/ subtree."""
-    ops = Resource()
+    ops = Directory()
     ops.putChild(b"health", Fixed(b'{"status": "alive"}\n', b"application/json"))
     ops.putChild(b"readiness", Readiness(probes))
     ops.putChild(b"metrics", MetricsPage(metrics, networks, client_address))

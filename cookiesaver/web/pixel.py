@@ -22,6 +22,7 @@ import os
 from typing import Any, Mapping
 from urllib.parse import quote
 
+import bson
 from bson import ObjectId
 from bson.errors import InvalidDocument
 from twisted.web.resource import Resource
@@ -317,7 +318,9 @@ class Pixel(Resource):
             key, cut_k = _clip(key, MAX_PROP_KEY)
             value, cut_v = _clip(value, MAX_PROP_VALUE)
             malformed |= cut_k or cut_v
-            props[key.replace(".", "_").replace("$", "_")] = value  # type: ignore[union-attr]
+            safe = key.replace(".", "_").replace("$", "_").replace("\x00", "_")  # type: ignore[union-attr]
+            malformed |= safe != key
+            props[safe] = value  # type: ignore[assignment]
         if props:
             doc["props"] = props
         if malformed:
@@ -356,6 +359,10 @@ class Pixel(Resource):
         except json.JSONDecodeError as e:
             self.t.not_recorded("malformed")
             return _bad_request(request, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}".encode())
+        except (ValueError, RecursionError):
+            # Nesting deeper than the parser's recursion limit, or an integer literal past Python's digit limit.
+            self.t.not_recorded("malformed")
+            return _bad_request(request, b"invalid JSON: nested too deeply or a number too long")
         problem = _check_batch(body, self.t.site_ids)
         if problem:
             self.t.not_recorded("malformed")
@@ -374,7 +381,8 @@ class Pixel(Resource):
             self.t.not_recorded(visit.skip)
             request.setResponseCode(204)
             return b""
-        for event in events:
+        documents = []
+        for i, event in enumerate(events):
             doc = visit.document(self.t, str(event.get("e") or "page_view"))
             doc["site"] = body["site"]
             for field in ("url", "ref"):
@@ -382,6 +390,13 @@ class Pixel(Resource):
                     doc[field] = event[field]
             if event.get("props"):
                 doc["props"] = event["props"]
+            try:
+                bson.encode(doc)  # all or nothing: prove every document storable before submitting any
+            except (InvalidDocument, OverflowError, UnicodeEncodeError):
+                self.t.not_recorded("malformed")
+                return _bad_request(request, f"events[{i}]: contains a value that cannot be stored".encode())
+            documents.append(doc)
+        for doc in documents:
             self.t.submit_event(doc)
         visit.set_cookie(self.t, request)
         request.setResponseCode(204)
@@ -421,8 +436,8 @@ def _check_batch(body: Any, site_ids: frozenset[str]) -> str | None:
             if not isinstance(props, dict) or len(props) > MAX_PROPS:
                 return f"{where}.props: expected an object with at most {MAX_PROPS} members"
             for key, value in props.items():
-                if len(key) > MAX_PROP_KEY or "." in key or key.startswith("$") or not _encodable(key):
-                    return f"{where}.props: member names are at most {MAX_PROP_KEY} characters of text, without '.' or a leading '$'"
+                if len(key) > MAX_PROP_KEY or "." in key or "\x00" in key or key.startswith("$") or not _encodable(key):
+                    return f"{where}.props: member names are at most {MAX_PROP_KEY} characters of text, without '.', NUL or a leading '$'"
                 if isinstance(value, bool) or value is None:
                     continue
                 if isinstance(value, int):

@@ -172,7 +172,11 @@ class PushArea:
         if origin is None or origin in allowed:
             return
         host = request.getHeader(b"host")
-        if host is not None and urlsplit(origin).netloc.encode("ascii", "replace") == host and origin.startswith(("https://", "http://")):
+        try:
+            netloc = urlsplit(origin).netloc
+        except ValueError:  # e.g. "http://[" : not an origin a browser sends
+            netloc = None
+        if host is not None and netloc is not None and netloc.encode("ascii", "replace") == host and origin.startswith(("https://", "http://")):
             return
         raise Reject(403, "origin", "this origin may not post here", "forbidden_origin")
 

@@ -10,30 +10,16 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from twisted.web import pages
 from twisted.web.resource import Resource
 
 from cookiesaver.web.health import Fixed
-from cookiesaver.web.responses import head
+from cookiesaver.web.responses import Directory
 
 ROBOTS = b"User-agent: *\nDisallow: /\n"
 
 
-class Root(Resource):
-    """Children by exact name; anything else is a plain 404."""
-
-    _not_found = pages.notFound("Not Found", "No such resource.")
-
-    def getChild(self, path: bytes, request: Any) -> Resource:
-        return self._not_found
-
-    def render_GET(self, request: Any) -> bytes:
-        request.setResponseCode(404)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"cookiesaver\n"
-
-    def render_HEAD(self, request: Any) -> bytes:
-        return head(request, self.render_GET(request))
+class Root(Directory):
+    """The top of the tree: children by exact name, anything else a plain 404."""
 
 
 def build_root(children: Mapping[bytes, Resource]) -> Resource:

@@ -96,6 +96,7 @@ class LimitedChannel(http.HTTPChannel):
         self.totalHeadersSize = limits.max_header_bytes
         self.maxHeaders = limits.max_headers
         self._deadline: IDelayedCall | None = None
+        self._abort: IDelayedCall | None = None
         self._awaiting_head = True
         self._body_limit = 0
         self._body_seen = 0
@@ -131,7 +132,7 @@ class LimitedChannel(http.HTTPChannel):
             path = getattr(self, "_path", None) or b""
             self.transport.write(_raw_response(code, message, as_json=code == 413 and path.startswith(b"/push/")))
         self.transport.loseConnection()
-        self._clock.callLater(2.0, self.transport.abortConnection)
+        self._abort = self._clock.callLater(2.0, self.transport.abortConnection)
 
     # -- LineReceiver / HTTPChannel hooks -----------------------------------
 
@@ -142,6 +143,8 @@ class LimitedChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Any) -> None:
         self._disarm()
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()  # the peer closed first: nothing left to abort
         self.site.connection_closed()
         super().connectionLost(reason)
 

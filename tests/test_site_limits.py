@@ -180,3 +180,11 @@ class LineAndConnectionLimitTests(SynchronousTestCase):
         self.assertTrue(response.startswith(b"HTTP/1.1 413 "))
         self.assertIn(b"Content-Type: application/json", response)
         self.assertTrue(response.endswith(b'{"error": "request body too large", "field": "body"}\n'))
+
+    def test_absolute_form_target_is_routed_by_path(self):
+        """GET http://host/x?y is answered like GET /x?y (HTTP/1.1 servers must accept absolute-form)."""
+        site, clock, metrics = make()
+        channel, transport = connect(site)
+        channel.dataReceived(b"GET http://pxl.example.com/x?y=1 HTTP/1.1\r\nHost: pxl.example.com\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "))
+        self.assertTrue(transport.value().endswith(b"ok"))

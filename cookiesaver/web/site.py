@@ -72,6 +72,16 @@ class LimitedRequest(server.Request):
                 return
         super().render(resrc)
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """Accept absolute-form targets (RFC 9112 3.2.2): route C{http://host/p?q} as C{/p?q}."""
+        if path[:1] != b"/" and path[:7].lower() in (b"http://", b"https:/"):
+            rest = path.split(b"//", 1)[1]
+            cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+            path = rest[cut:]
+            if not path.startswith(b"/"):
+                path = b"/" + path
+        super().requestReceived(command, path, version)
+
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()
 

@@ -345,7 +345,7 @@ def _read_file(path: str) -> dict[str, Any]:
     return parsed
 
 
-def _closest(name: str) -> str:
+def closest_hint(name: str) -> str:
     match = difflib.get_close_matches(name, KEYS_BY_NAME, n=1, cutoff=0.5)
     return f"; did you mean {match[0]}?" if match else ""
 
@@ -416,12 +416,12 @@ def load(
             if not name.startswith(PREFIX):
                 continue
             if name not in KEYS_BY_NAME:
-                warnings.append(f"unknown key {name} in {path}{_closest(name)}")
+                warnings.append(f"unknown key {name} in {path}{closest_hint(name)}")
                 continue
             file_values[name] = value
     for name in environ:
         if name.startswith(PREFIX) and name not in KEYS_BY_NAME and name != PREFIX + "CONFIG":
-            warnings.append(f"unknown environment variable {name}{_closest(name)}")
+            warnings.append(f"unknown environment variable {name}{closest_hint(name)}")
 
     values: dict[str, Any] = {}
     where: dict[str, str] = {}

@@ -2,7 +2,7 @@
 
 ``python -m cookiesaver.devsecrets --out dev-secrets`` creates, when missing:
 a self-signed certificate for pxl.localhost (and 127.0.0.1), the cookie
-secret, a click-token key ("dev"), a VAPID key for a demo site, and
+secret, a click-token key ("dev"), a VAPID key for the site "shop" (the id the docs' examples use), and
 sites.json describing that site. Existing files are kept, so cookies and keys
 survive restarts.
 """
@@ -72,17 +72,17 @@ def create(out: str, hostname: str = "pxl.localhost") -> list[str]:
         cert, key = self_signed([hostname, "localhost", "127.0.0.1"])
         _write_new(os.path.join(out, "privkey.pem"), key)
         _write_new(os.path.join(out, "fullchain.pem"), cert)
-        created.append("fullchain.pem")
+        created.extend(["fullchain.pem", "privkey.pem"])
     for name in ("cookie-secret", "token-dev.key"):
         if _write_new(os.path.join(out, name), random_key_text()):
             created.append(name)
-    vapid = os.path.join(out, "vapid-demo.pem")
+    vapid = os.path.join(out, "vapid-shop.pem")
     vapid_key = ec.generate_private_key(ec.SECP256R1())
     if _write_new(vapid, vapid_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())):
-        created.append("vapid-demo.pem")
+        created.append("vapid-shop.pem")
     sites = {
-        "demo": {
-            "origins": ["https://shop.localhost:8443", "https://localhost:8443"],
+        "shop": {
+            "origins": ["https://shop.localhost", "https://shop.localhost:8443", "https://localhost:8443"],
             "vapid_private_key": vapid,
             "vapid_subject": "mailto:dev@pxl.localhost",
         }

@@ -44,17 +44,16 @@ class Options(usage.Options):
         self["set"] = {}
 
     def opt_listen(self, endpoint: str) -> None:
-        """Also listen on this Twisted endpoint string, plain HTTP (repeatable), e.g.
-        tcp:8080:interface=127.0.0.1 or unix:/run/cookiesaver.sock"""
+        """Also listen on this Twisted endpoint string, plain HTTP (repeatable), e.g. tcp:8080:interface=127.0.0.1 or unix:/run/cookiesaver.sock"""
         self["listen"].append(endpoint)
 
     def opt_set(self, assignment: str) -> None:
         """Override any key: --set COOKIESAVER_NAME=VALUE (repeatable; lists and objects as JSON)."""
         name, sep, value = assignment.partition("=")
         if not sep or not name.startswith(configmod.PREFIX):
-            raise usage.UsageError(f"--set expects COOKIESAVER_NAME=VALUE, got {assignment!r}")
+            raise fail(f"--set expects COOKIESAVER_NAME=VALUE, got {assignment!r}")
         if name not in configmod.KEYS_BY_NAME:
-            raise usage.UsageError(f"--set: unknown key {name}")
+            raise fail(f"--set: unknown key {name}{configmod.closest_hint(name)}")
         self["set"][name] = value
 
     def overrides(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ L{tests.mongo_fixture.start_secantus}.
 
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import pytest
@@ -20,3 +21,14 @@ def mongo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecantusServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scratch_cwd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Run from a scratch directory: trial's mktemp() writes relative to the working directory, never into the repository."""
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    try:
+        yield
+    finally:
+        os.chdir(previous)

@@ -4,13 +4,15 @@
     MongoDB store            connection pool, opened in startService
     MongoDB health           pings, for readiness
     writer                   batches, spool, backpressure
+    connection drain         at shutdown: close idle connections, finish in-flight requests
     listeners                bound in privilegedStartService (before dropping privileges)
     listener-up probe        ready once the listeners are bound
     reloader                 SIGHUP: certificates and bot rules
 
-MultiService stops children in reverse order, so shutdown stops accepting,
-then flushes the writer, then disconnects from MongoDB, then stops the
-embedded server.
+L{SequentialMultiService} stops children one at a time in reverse order, so
+shutdown stops accepting, drains the open connections (every answered request
+reaches the writer), flushes the writer, then disconnects from MongoDB, then
+stops the embedded server. (Twisted's MultiService would stop them all at once.)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Callable, NoReturn
 import attrs
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -37,6 +39,38 @@ from cookiesaver.web.root import build_root
 from cookiesaver.web.site import CookiesaverSite, LimitedTLSFactory, json_line_writer
 
 log = Logger()
+
+
+class SequentialMultiService(service.MultiService):
+    """
+    A MultiService that stops its children one after another, last added first.
+
+    Twisted's MultiService calls every child's stopService at once and waits
+    for all of them; cookiesaver needs an order: stop accepting, drain the
+    connections, flush the writer, and only then disconnect from MongoDB.
+    """
+
+    def stopService(self) -> defer.Deferred[None]:
+        service.Service.stopService(self)
+        d: defer.Deferred[Any] = defer.succeed(None)
+        for child in reversed(list(self)):
+            d.addCallback(lambda _, child=child: child.stopService())
+            d.addErrback(lambda f, child=child: log.failure("stopping {name}", f, name=getattr(child, "name", None) or type(child).__name__))
+        return d.addCallback(lambda _: None)
+
+
+class ConnectionDrain(service.Service):
+    """Shutdown step between the listeners and the writer: answered requests are recorded before the writer stops."""
+
+    name = "connection-drain"
+
+    def __init__(self, site: CookiesaverSite, timeout: float) -> None:
+        self._site = site
+        self._timeout = timeout
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return self._site.drain(self._timeout)
 
 
 class StartupError(Exception):
@@ -148,7 +182,7 @@ def build_service(config: Config, reactor: Any, metrics: Metrics | None = None) 
     from cookiesaver.writer import INDEXES, Writer
 
     metrics = metrics or Metrics()
-    top = service.MultiService()
+    top = SequentialMultiService()
 
     # Storage.
     uri = config.mongo.uri
@@ -204,6 +238,7 @@ def build_service(config: Config, reactor: Any, metrics: Metrics | None = None) 
 
         reloads["certificates"] = reload_certificates
         factory = LimitedTLSFactory(certs, site)
+    ConnectionDrain(site, config.writer.shutdown_timeout).setServiceParent(top)
     endpoint, description = _main_endpoint(reactor, config)
     Listener(endpoint, factory, description).setServiceParent(top)
     for extra in config.listen.extra:

@@ -52,21 +52,6 @@ DRAIN_TIMEOUT = 60.0
 
 BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 
-#: Keep-alive requests are answered after SIGTERM once the writer has stopped: 200, not recorded, counted in a dying process.
-BUG_SERVED_AFTER_WRITER_STOPPED = (
-    "BUG (cookiesaver/service.py, shutdown order): SIGTERM stops the listener, but keep-alive connections already open "
-    "stay served until the reactor disconnects them after the services stopped; a request arriving after "
-    "Writer.stopService has finished gets 200 and the GIF while Writer.submit returns False (state 'stopped'), so the "
-    "event is lost and only counted as not_recorded{reason=overload} in the exiting process"
-)
-#: MultiService stops its children concurrently: the store disconnects while the writer is still flushing.
-BUG_STORE_STOPS_BEFORE_WRITER = (
-    "BUG (cookiesaver/service.py, build_service): twisted's MultiService.stopService calls every child's stopService "
-    "at once (DeferredList), not one after the other, so MongoStore disconnects while Writer.stopService is still "
-    "flushing; the shutdown flush fails ('TxMongo lost connection', 'MongoDB store is not running') and everything "
-    "in memory goes to the spool instead of MongoDB, contrary to docs/writer.md"
-)
-
 #: Short deadlines so a silent server is noticed within seconds, and a short backoff cap so recovery is quick.
 WRITER_CONFIG = {
     "COOKIESAVER_WRITER_WRITE_TIMEOUT": 2.0,
@@ -448,7 +433,6 @@ class TestWriterFaults:
         assert faults_seen(m) > 0, "the freeze was not noticed"
         check_all(figures, load, stored)
 
-    @pytest.mark.xfail(strict=False, reason=BUG_SERVED_AFTER_WRITER_STOPPED + " (a race: fails in about half the runs at 200 requests/s)")
     def test_sigterm_mid_load_and_restart(self, server: CookiesaverProcess, mongo: SecantusServer) -> None:
         """SIGTERM mid-load, then start again: requests while it is down fail, every answered one is stored once, nothing dropped at shutdown."""
         start(server)
@@ -505,7 +489,6 @@ class TestWriterFaults:
         assert letter["document"]["props"]["n"] == str(poison) and letter["_id"] == f"events:{letter['document']['_id']}"
         check_all(figures, load, stored, dead_markers={poison})
 
-    @pytest.mark.xfail(strict=True, reason=BUG_SERVED_AFTER_WRITER_STOPPED)
     def test_keepalive_requests_answered_after_sigterm_are_stored(self, server: CookiesaverProcess, mongo: SecantusServer) -> None:
         """Every pixel answered 200 on a keep-alive connection after SIGTERM is stored (after the restart at the latest)."""
         start(server)
@@ -544,7 +527,6 @@ class TestWriterFaults:
         print(f"  answered after SIGTERM: {len(after)} in {max(after, default=0):.3f} s; answered but not stored: {len(lost)}, first {lost[:5]}")
         assert not lost
 
-    @pytest.mark.xfail(strict=True, reason=BUG_STORE_STOPS_BEFORE_WRITER)
     def test_sigterm_flushes_memory_to_mongodb_not_the_spool(self, tmp_path: Any, mongo: SecantusServer) -> None:
         """With MongoDB up, SIGTERM writes what is in memory to MongoDB before disconnecting: the spool stays empty."""
         server = CookiesaverProcess(tmp_path / "cs1", mongo.uri, tls=False, config={**WRITER_CONFIG, "COOKIESAVER_WRITER_FLUSH_INTERVAL": 30.0})

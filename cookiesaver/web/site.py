@@ -22,6 +22,7 @@ import io
 import json
 from typing import Any, Callable
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web import http, server
@@ -144,18 +145,25 @@ class LimitedChannel(http.HTTPChannel):
         self.transport.loseConnection()
         self._abort = self._clock.callLater(2.0, self.transport.abortConnection)
 
+    def drain(self) -> None:
+        """Shutdown: close now if idle, else close once the request in progress is answered."""
+        self.persistent = False
+        if not self.requests and self.transport is not None:
+            self._disarm()
+            self.transport.loseConnection()
+
     # -- LineReceiver / HTTPChannel hooks -----------------------------------
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.site.connection_opened()
+        self.site.connection_opened(self)
         self._arm(self._limits.header_timeout, "header_timeout")
 
     def connectionLost(self, reason: Any) -> None:
         self._disarm()
         if self._abort is not None and self._abort.active():
             self._abort.cancel()  # the peer closed first: nothing left to abort
-        self.site.connection_closed()
+        self.site.connection_closed(self)
         super().connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
@@ -184,6 +192,8 @@ class LimitedChannel(http.HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self._awaiting_head = False
+        if self.site.draining:
+            self.requests[-1].responseHeaders.setRawHeaders(b"connection", [b"close"])
         self._disarm()
         limit = self._limits.body_limit(self._path)
         if self.length is not None and self.length > limit:
@@ -192,6 +202,8 @@ class LimitedChannel(http.HTTPChannel):
         self._body_limit = limit
         self._body_seen = 0
         super().allHeadersReceived()
+        if self.site.draining:
+            self.persistent = False
         if self.length != 0:
             self._arm(self._limits.body_timeout, "body_timeout")
 
@@ -232,18 +244,52 @@ class CookiesaverSite(server.Site):
         self._metrics = metrics
         self._access_log = access_log
         self.open_connections = 0
+        self.draining = False
+        self._channels: set[LimitedChannel] = set()
+        self._drain_waiters: list[defer.Deferred[None]] = []
         self._request_counters: dict[tuple[bytes, int], Any] = {}
 
     def at_capacity(self) -> bool:
         return self.open_connections >= self._limits.max_connections
 
-    def connection_opened(self) -> None:
+    def connection_opened(self, channel: "LimitedChannel") -> None:
+        self._channels.add(channel)
         self.open_connections += 1
         self._metrics.connections.set(self.open_connections)
+        if self.draining:
+            channel.drain()
 
-    def connection_closed(self) -> None:
+    def connection_closed(self, channel: "LimitedChannel") -> None:
+        self._channels.discard(channel)
         self.open_connections -= 1
         self._metrics.connections.set(self.open_connections)
+        if self.draining and not self._channels:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def drain(self, timeout: float) -> defer.Deferred[None]:
+        """
+        Shutdown, after the listeners stopped accepting: close idle connections,
+        let each in-flight request finish and then close its connection, and
+        fire when none is left (aborting stragglers after C{timeout}). Until
+        then the writer keeps running, so every answered request is recorded.
+        """
+        self.draining = True
+        if not self._channels:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._drain_waiters.append(d)
+        for channel in list(self._channels):
+            channel.drain()
+        timer = self._clock.callLater(timeout, self._abort_all)
+        d.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+        return d
+
+    def _abort_all(self) -> None:
+        for channel in list(self._channels):
+            if channel.transport is not None:
+                channel.transport.abortConnection()
 
     def buildProtocol(self, addr: Any) -> LimitedChannel | None:  # type: ignore[override]
         if self.at_capacity():

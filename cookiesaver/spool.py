@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Any, Callable, Literal, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
 
 import attrs
 import bson
@@ -22,7 +23,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from cookiesaver.interfaces import Document, Upsert
+from cookiesaver.interfaces import Upsert
 
 Kind = Literal["insert", "upsert"]
 T = TypeVar("T")
@@ -77,7 +78,7 @@ def encode_items(kind: Kind, items: Sequence[Any]) -> bytes:
 
 def decode_items(kind: Kind, payload: bytes) -> tuple[Any, ...]:
     """The inverse of L{encode_items}, with timezone-aware datetimes as the handlers make them."""
-    opts = bson.CodecOptions(tz_aware=True)
+    opts: bson.CodecOptions[dict[str, Any]] = bson.CodecOptions(tz_aware=True)
     body = bson.decode(payload, codec_options=opts)
     if kind == "insert":
         return tuple(body["d"])

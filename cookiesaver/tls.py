@@ -12,7 +12,8 @@ a handshake: the SNI callback only looks a host name up in a dict.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import attrs
 from cryptography import x509
@@ -20,6 +21,10 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    # The type of SSL.NO_OVERLAPPING_PROTOCOLS, which pyOpenSSL only names privately.
+    from OpenSSL.SSL import _NoOverlappingProtocols
 
 # Mozilla's "intermediate" TLS 1.2 cipher list; TLS 1.3 suites are OpenSSL's defaults.
 CIPHERS = (
@@ -98,7 +103,7 @@ def load_sni_dir(directory: str) -> dict[str, CertificatePair]:
     return pairs
 
 
-def _alpn_select(connection: SSL.Connection, offered: list[bytes]) -> bytes | object:
+def _alpn_select(connection: SSL.Connection, offered: list[bytes]) -> bytes | _NoOverlappingProtocols:
     return b"http/1.1" if b"http/1.1" in offered else SSL.NO_OVERLAPPING_PROTOCOLS
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.web import pages
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 
 
 def head(request: Any, body: bytes) -> bytes:
@@ -27,7 +27,7 @@ class Directory(Resource):
 
     _not_found = pages.notFound("Not Found", "No such resource.")
 
-    def getChild(self, path: bytes, request: Any) -> Resource:
+    def getChild(self, path: bytes, request: Any) -> IResource:
         return self._not_found
 
     def render_GET(self, request: Any) -> bytes:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import bisect
 import random
 from collections import deque
-from datetime import datetime, timezone
-from typing import Any, Callable, Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import attrs
 import bson
@@ -336,7 +337,7 @@ class Writer(service.Service):
             "kind": batch.kind,
             "code": rejection.code,
             "reason": rejection.reason,
-            "at": datetime.fromtimestamp(self.clock.seconds(), timezone.utc),
+            "at": datetime.fromtimestamp(self.clock.seconds(), UTC),
             "document": body,
         }
         lane = self._insert_lanes.get(self.dead_letter_collection)
@@ -550,10 +551,13 @@ class Writer(service.Service):
         if self._state != "running" or not self.indexes:
             return
 
+        def ensure(_: object, collection: str, specs: Sequence[IndexSpec]) -> defer.Deferred[Any]:
+            return defer.maybeDeferred(self.store.ensure_indexes, collection, list(specs)).addTimeout(self.config.write_timeout, self.clock)
+
         def each() -> defer.Deferred[None]:
             d: defer.Deferred[Any] = defer.succeed(None)
             for collection, specs in self.indexes.items():
-                d.addCallback(lambda _, c=collection, s=specs: defer.maybeDeferred(self.store.ensure_indexes, c, list(s)).addTimeout(self.config.write_timeout, self.clock))
+                d.addCallback(ensure, collection, specs)
             return d
 
         def done(_: Any) -> None:
@@ -682,9 +686,8 @@ class Writer(service.Service):
         """The readiness rule: spool not deeper than readiness_spool_docs, MongoDB not down longer than readiness_mongo_down."""
         if self.spool.stats().docs > self.config.readiness_spool_docs:
             return False
-        if self._down_since is not None and self.clock.seconds() - self._down_since > self.config.readiness_mongo_down:
-            return False
-        return True
+        down_too_long = self._down_since is not None and self.clock.seconds() - self._down_since > self.config.readiness_mongo_down
+        return not down_too_long
 
     @property
     def spooling(self) -> bool:

@@ -9,7 +9,8 @@ the same code runs against SecantusDB's secantusd-py and MongoDB.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import bson
 from pymongo.errors import (
@@ -30,7 +31,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cookiesaver.config import MongoConfig
-from cookiesaver.interfaces import Document, IndexSpec, IStore, Rejection, StoreUnavailable, Upsert, WriteOutcome
+from cookiesaver.interfaces import (
+    Document,
+    IndexSpec,
+    IStore,
+    Rejection,
+    StoreUnavailable,
+    Upsert,
+    WriteOutcome,
+)
 
 log = Logger()
 T = TypeVar("T")
@@ -146,7 +155,7 @@ class MongoStore(service.Service):
             if on_bulk_error is not None and failure.check(BulkWriteError):
                 return on_bulk_error(failure.value)  # type: ignore[arg-type]
             if failure.check(*_UNAVAILABLE):
-                raise StoreUnavailable(f"{what}: {failure.type.__name__}: {failure.getErrorMessage()}")
+                raise StoreUnavailable(f"{what}: {type(failure.value).__name__}: {failure.getErrorMessage()}")
             if failure.check(OperationFailure) and getattr(failure.value, "code", None) in TRANSIENT_CODES:
                 raise StoreUnavailable(f"{what}: {failure.getErrorMessage()}")
             if failure.check(Exception) and type(failure.value).__name__ == "TimeExceeded":

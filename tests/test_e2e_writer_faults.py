@@ -23,7 +23,8 @@ import signal
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import attrs
 import pytest
@@ -194,11 +195,11 @@ class RssSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> RssSampler:  # noqa: PYI034 - a final test helper
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
 
@@ -314,7 +315,7 @@ def check_latency(normal: float, fault: float) -> None:
     assert fault <= allowed, f"p99 during the fault {fault * 1000:.1f} ms > allowed {allowed * 1000:.1f} ms (normal p99 {normal * 1000:.1f} ms)"
 
 
-def check_exactly_once(load: Load, stored: list[int], drops: float, dead: float, dead_markers: set[int] = set()) -> None:
+def check_exactly_once(load: Load, stored: list[int], drops: float, dead: float, dead_markers: frozenset[int] = frozenset()) -> None:
     """Stored = successes - drops - dead letters, exactly; no marker twice; the stored markers are answered ones."""
     answered = load.successes()
     by_n = {s.n: s for s in load.samples}
@@ -386,7 +387,7 @@ def settle(scenario: str, server: CookiesaverProcess, mongo: SecantusServer, loa
     return figures, m, stored
 
 
-def check_all(figures: Figures, load: Load, stored: list[int], dead_markers: set[int] = set()) -> None:
+def check_all(figures: Figures, load: Load, stored: list[int], dead_markers: frozenset[int] = frozenset()) -> None:
     check_exactly_once(load, stored, figures.drops, figures.dead_letters, dead_markers)
     check_latency(figures.normal_p99, figures.fault_p99)
     assert figures.max_rss_mb < RSS_CEILING_MB, f"RSS {figures.max_rss_mb:.1f} MiB over the {RSS_CEILING_MB} MiB ceiling"
@@ -450,7 +451,7 @@ class TestWriterFaults:
         log = server.log()
         assert "dropping" not in log and "shutdown deadline" not in log, log[-3000:]
         # The disturbed phase is the restart window plus the first 10 s of the new process (replay, cold caches).
-        figures, m, stored = settle("sigterm and restart", server, mongo, load, rss, (begin, end + 10.0))
+        figures, _, stored = settle("sigterm and restart", server, mongo, load, rss, (begin, end + 10.0))
         failed = load.failures()
         print(f"  down for {end - begin:.1f} s, {len(failed)} failed requests: {sorted({s.error for s in failed if s.error})[:5]}")
         assert failed, "the restart window should have refused some requests"
@@ -475,7 +476,7 @@ class TestWriterFaults:
             return poison_at, poison_at + 10.0
 
         load, rss, window = run_with_fault(server, fault, requests=requests, fault_at=poison_at, event_for=lambda n: "poison" if n == poison else "load")
-        figures, m, stored = settle("refused document", server, mongo, load, rss, window)
+        figures, _, stored = settle("refused document", server, mongo, load, rss, window)
         assert poison in load.successes(), "the poison request itself was answered"
         assert figures.dead_letters == 1
         client = mongo.client()
@@ -487,7 +488,7 @@ class TestWriterFaults:
         letter = letters[0]
         assert letter["collection"] == "events" and letter["code"] == 121 and letter["reason"], letter
         assert letter["document"]["props"]["n"] == str(poison) and letter["_id"] == f"events:{letter['document']['_id']}"
-        check_all(figures, load, stored, dead_markers={poison})
+        check_all(figures, load, stored, dead_markers=frozenset({poison}))
 
     def test_keepalive_requests_answered_after_sigterm_are_stored(self, server: CookiesaverProcess, mongo: SecantusServer) -> None:
         """Every pixel answered 200 on a keep-alive connection after SIGTERM is stored (after the restart at the latest)."""

@@ -34,6 +34,7 @@ from cookiesaver.config import Config, ConfigError
 from cookiesaver.health import ListenerUp, MongoHealth
 from cookiesaver.metrics import Metrics
 from cookiesaver.tls import CertificateError, CertificateStore
+from cookiesaver.web.fastpath import FastPixel
 from cookiesaver.web.health import operations_resource
 from cookiesaver.web.root import build_root
 from cookiesaver.web.site import CookiesaverSite, LimitedTLSFactory, json_line_writer
@@ -218,6 +219,9 @@ def build_service(config: Config, reactor: Any, metrics: Metrics | None = None) 
     root = build_root(children)
     access_log = json_line_writer(config.http.access_log) if config.http.access_log else None
     site = CookiesaverSite(root, config.http, reactor, metrics, access_log)
+    pixel = children.get(b"pixel")
+    if pixel is not None:
+        site.fast_pixel = FastPixel(pixel.render_GET, pixel.render_HEAD, config.http, reactor, b"cookiesaver")
 
     factory: Any = site
     if config.tls.enabled:

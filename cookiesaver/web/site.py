@@ -24,17 +24,22 @@ from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web import http, server
 from twisted.web.resource import Resource, _computeAllowedMethods
 
 from cookiesaver.config import HTTPConfig
 from cookiesaver.metrics import Metrics
+from cookiesaver.web.fastpath import FastPixel
 
 #: First path segments counted under their own name; anything else is "other" (bounded label cardinality).
 KNOWN_AREAS = frozenset({b"pixel", b"pixel.js", b"push", b"optout", b"cookiesaver", b"robots.txt", b""})
 
+log = Logger()
+
 _REASONS = {
+    500: b"Internal Server Error",
     408: b"Request Timeout",
     413: b"Content Too Large",
     414: b"URI Too Long",
@@ -169,9 +174,37 @@ class LimitedChannel(http.HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._rejected:
             return
+        fast = self.site.fast_pixel
+        if fast is not None and not self.requests and self.line_mode and not self._buffer and not self.site.draining:
+            data = self._answer_fast(fast, data)
+            if not data:
+                return
         if self._awaiting_head and self._deadline is None:
             self._arm(self._limits.header_timeout, "header_timeout")
         super().dataReceived(data)
+
+    def _answer_fast(self, fast: FastPixel, data: bytes) -> bytes:
+        """Answer the complete fast-path requests at the front of C{data}; return what twisted.web must handle."""
+        while True:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                return data
+            parsed = fast.parse(data[:end])
+            if parsed is None:
+                return data
+            self._disarm()
+            self.resetTimeout()
+            try:
+                response, request = fast.answer(*parsed, self.transport.getPeer())
+            except Exception:
+                log.failure("fast path")
+                self._reject(500, b"internal error", "internal_error")
+                return b""
+            self.transport.write(response)
+            self.site.log(request)
+            data = data[end + 4 :]
+            if not data:
+                return data
 
     def lineLengthExceeded(self, line: bytes) -> None:
         if getattr(self, "_HTTPChannel__first_line", 0):
@@ -245,6 +278,8 @@ class CookiesaverSite(server.Site):
         self._access_log = access_log
         self.open_connections = 0
         self.draining = False
+        #: Set by the service when the pixel area exists (see cookiesaver.web.fastpath).
+        self.fast_pixel: FastPixel | None = None
         self._channels: set[LimitedChannel] = set()
         self._drain_waiters: list[defer.Deferred[None]] = []
         self._request_counters: dict[tuple[bytes, int], Any] = {}

@@ -13,7 +13,8 @@ import difflib
 import ipaddress
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 

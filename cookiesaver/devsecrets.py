@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 def self_signed(hostnames: list[str], days: int = 365, key: ec.EllipticCurvePrivateKey | None = None, not_before: datetime.datetime | None = None) -> tuple[bytes, bytes]:
     """A self-signed ECDSA P-256 certificate for the names (IP literals become IP SANs); PEM cert and key."""
     key = key or ec.generate_private_key(ec.SECP256R1())
-    now = not_before or datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    now = not_before or datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
     sans: list[x509.GeneralName] = []
     for name in hostnames:
         try:

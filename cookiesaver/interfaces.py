@@ -6,7 +6,8 @@ Both have in-memory implementations in L{cookiesaver.testing}.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 from zope.interface import Attribute, Interface

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -24,7 +24,7 @@ class Options(usage.Options):
         "(only COOKIESAVER_* keys are read), then COOKIESAVER_* environment variables, then these options. "
         "The full list of keys is in docs/config.md."
     )
-    optParameters = [
+    optParameters: ClassVar[list[list[str | None]]] = [
         ["config", "c", os.environ.get("COOKIESAVER_CONFIG"), "Path to the platform's main.json (default: $COOKIESAVER_CONFIG)."],
         ["ip", None, None, "Listen address (COOKIESAVER_PUBLIC_IP)."],
         ["port", None, None, "Listen port (COOKIESAVER_PUBLIC_PORT)."],
@@ -33,7 +33,7 @@ class Options(usage.Options):
         ["mongo-uri", None, None, "'embedded' or a mongodb:// URI (COOKIESAVER_MONGO_URI)."],
         ["data-dir", None, None, "Local state directory (COOKIESAVER_DATA_DIR)."],
     ]
-    optFlags = [
+    optFlags: ClassVar[list[list[str | None]]] = [
         ["no-ssl", None, "Serve plain HTTP behind a TLS-terminating proxy (COOKIESAVER_SSL_ON=false)."],
         ["check", None, "Load and check the configuration and certificates, print the result, and exit."],
     ]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 import itertools
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -143,7 +144,7 @@ class MemoryStore:
             if apply:
                 try:
                     result = work()
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - any error of the work is the write's failure, as in a real store
                     if not d.called:
                         d.errback(e)
                     continue

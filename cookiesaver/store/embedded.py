@@ -52,7 +52,7 @@ def find_server() -> str:
 
 
 class _ChildProtocol(protocol.ProcessProtocol):
-    def __init__(self, owner: "EmbeddedMongo") -> None:
+    def __init__(self, owner: EmbeddedMongo) -> None:
         self.owner = owner
         self.ended: defer.Deferred[None] = defer.Deferred()
         self._partial = b""

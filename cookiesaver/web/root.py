@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
 
 from twisted.web.resource import Resource
 

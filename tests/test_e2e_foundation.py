@@ -385,6 +385,20 @@ class TestMongoAndShutdown:
         assert [pid for pid in children if alive(pid)] == []
 
 
+def test_embedded_store_restarted_after_it_dies(tmp_path):
+    """When the embedded secantusd-py is killed, cookiesaver restarts it on the same port and readiness returns to 200."""
+    server = CookiesaverProcess(tmp_path, "embedded")
+    try:
+        server.start(timeout=60)
+        [child] = child_pids(server.proc.pid)
+        os.kill(child, signal.SIGKILL)
+        wait_for(lambda: "restarting" in server.log(), 10)
+        wait_for(lambda: readiness(server) == 200 and child_pids(server.proc.pid) not in ([], [child]), 30)
+        assert server.stop() in (0, -signal.SIGTERM)
+    finally:
+        server.kill()
+
+
 def child_pids(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]

@@ -20,7 +20,8 @@ from __future__ import annotations
 import errno
 import os
 import signal
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import attrs
 from twisted.application import service
@@ -28,6 +29,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
 from cookiesaver.config import Config, ConfigError
@@ -54,9 +56,16 @@ class SequentialMultiService(service.MultiService):
     def stopService(self) -> defer.Deferred[None]:
         service.Service.stopService(self)
         d: defer.Deferred[Any] = defer.succeed(None)
+
+        def stop(_: object, child: service.IService) -> defer.Deferred[None] | None:
+            return child.stopService()
+
+        def failed(f: Failure, child: service.IService) -> None:
+            log.failure("stopping {name}", f, name=getattr(child, "name", None) or type(child).__name__)
+
         for child in reversed(list(self)):
-            d.addCallback(lambda _, child=child: child.stopService())
-            d.addErrback(lambda f, child=child: log.failure("stopping {name}", f, name=getattr(child, "name", None) or type(child).__name__))
+            d.addCallback(stop, child)
+            d.addErrback(failed, child)
         return d.addCallback(lambda _: None)
 
 
@@ -157,7 +166,7 @@ class Reloader(service.Service):
         for name, action in self._reloads.items():
             try:
                 action()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - a failed reload of any kind keeps the old state (logged)
                 log.error("reload of {name} failed, keeping the previous one: {error}", name=name, error=e)
             else:
                 log.info("reloaded {name}", name=name)
@@ -177,9 +186,15 @@ def _main_endpoint(reactor: Any, config: Config) -> tuple[Any, str]:
 
 def build_service(config: Config, reactor: Any, metrics: Metrics | None = None) -> service.MultiService:
     """Construct (without starting) the whole service; raise L{StartupError} for anything unservable."""
-    from cookiesaver.store.embedded import EmbeddedMongo, EmbeddedUnavailable, find_server, free_loopback_port
-    from cookiesaver.store.mongo import MongoStore
     from cookiesaver.spool import Spool
+    from cookiesaver.store.embedded import (
+        EmbeddedMongo,
+        EmbeddedUnavailable,
+        find_server,
+        free_loopback_port,
+    )
+    from cookiesaver.store.mongo import MongoStore
+    from cookiesaver.web.pixel import Pixel
     from cookiesaver.writer import INDEXES, Writer
 
     metrics = metrics or Metrics()
@@ -220,7 +235,7 @@ def build_service(config: Config, reactor: Any, metrics: Metrics | None = None) 
     access_log = json_line_writer(config.http.access_log) if config.http.access_log else None
     site = CookiesaverSite(root, config.http, reactor, metrics, access_log)
     pixel = children.get(b"pixel")
-    if pixel is not None:
+    if isinstance(pixel, Pixel):
         site.fast_pixel = FastPixel(pixel.render_GET, pixel.render_HEAD, config.http, reactor, b"cookiesaver")
 
     factory: Any = site

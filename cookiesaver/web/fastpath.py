@@ -19,7 +19,8 @@ would.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.web.http import RESPONSES, datetimeToString
@@ -49,7 +50,7 @@ class RawHeaders(dict[bytes, list[bytes]]):
 class FastRequest:
     """The part of twisted.web's Request that the pixel resource uses."""
 
-    __slots__ = ("method", "uri", "path", "requestHeaders", "responseHeaders", "code", "sentLength", "prepath", "_client")
+    __slots__ = ("_client", "code", "method", "path", "prepath", "requestHeaders", "responseHeaders", "sentLength", "uri")
 
     def __init__(self, method: bytes, uri: bytes, headers: RawHeaders, client: Any) -> None:
         self.method = method

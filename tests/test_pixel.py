@@ -248,7 +248,8 @@ class PixelTests(SynchronousTestCase):
         """cs_vid is used as the visitor id only when its integrity tag checks."""
         good = self.tracking.visitors.new_id()
         render(self.pixel, request(b"/pixel?site=shop&cs_vid=" + good.encode()))
-        render(self.pixel, request(b"/pixel?site=shop&cs_vid=" + good[:-1].encode() + b"x"))
+        forged = good[:-1] + ("x" if good[-1] != "x" else "y")
+        render(self.pixel, request(b"/pixel?site=shop&cs_vid=" + forged.encode()))
         first, second = self.sink.submitted("events")
         self.assertEqual(first["visitor"], good)
         self.assertNotEqual(second["visitor"], good)
@@ -297,6 +298,13 @@ class BeaconTests(SynchronousTestCase):
         req, code, _ = self.post(json.dumps({"site": "shop"}).encode())
         self.assertEqual(code, 503)
         self.assertEqual(req.responseHeaders.getRawHeaders(b"retry-after"), [b"5"])
+
+    def test_preflight_from_allowed_origin(self):
+        """A CORS preflight for POST from a site's origin is allowed (204); from another origin it is refused."""
+        for origin, expected in ((b"https://shop.example", 204), (b"https://evil.example", 403)):
+            req = request(b"/pixel", method=b"OPTIONS", headers={b"origin": origin, b"access-control-request-method": b"POST", b"access-control-request-headers": b"content-type"})
+            code, _ = render(self.pixel, req)
+            self.assertEqual(code, expected, origin)
 
     def test_other_origin_not_echoed(self):
         """An origin that is not allowed is not echoed."""

@@ -19,7 +19,8 @@ import datetime
 import json
 import math
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote
 
 import bson
@@ -98,7 +99,7 @@ class Tracking:
         self._not_recorded.labels(reason=reason).inc()
 
     def now(self) -> datetime.datetime:
-        return datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
+        return datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)
 
     def submit_event(self, document: dict[str, Any]) -> bool:
         try:
@@ -117,7 +118,7 @@ class Tracking:
 class Visit:
     """One request's view of the visitor: who, from where, and whether to record."""
 
-    __slots__ = ("visitor", "new", "address", "ua", "flags", "skip", "block")
+    __slots__ = ("address", "block", "flags", "new", "skip", "ua", "visitor")
 
     def __init__(self, tracking: Tracking, request: Any, vid_param: str | None) -> None:
         headers = request.requestHeaders
@@ -342,7 +343,7 @@ class Pixel(Resource):
     # -- POST ----------------------------------------------------------------
 
     def render_OPTIONS(self, request: Any) -> bytes:
-        return preflight(request, self.t.all_origins, b"POST, GET")
+        return preflight(request, self.t.all_origins, (b"POST", b"GET"))
 
     def render_POST(self, request: Any) -> bytes:
         apply_cors(request, self.t.all_origins)
@@ -372,7 +373,7 @@ class Pixel(Resource):
             request.setResponseCode(503)
             request.setHeader(b"retry-after", b"5")
             return b"busy, retry later\n"
-        events = body["events"] if "events" in body else [body]
+        events = body.get("events", [body])
         visit = Visit(self.t, request, body.get("vid"))
         if visit.block:
             self.t.not_recorded("bot")

@@ -28,15 +28,16 @@ from twisted.web.resource import Resource
 from cookiesaver.bots import BotRules
 from cookiesaver.clientaddr import AddressResolver
 from cookiesaver.config import load
+from cookiesaver.interfaces import IStore, WriteOutcome
 from cookiesaver.metrics import Metrics
 from cookiesaver.spool import Spool
-from cookiesaver.interfaces import IStore, WriteOutcome
 from cookiesaver.token import TokenKeys, mint
 from cookiesaver.visitor import VisitorCookies
 from cookiesaver.web.fastpath import FastPixel
 from cookiesaver.web.pixel import Pixel, Tracking
 from cookiesaver.web.site import CookiesaverSite
 from cookiesaver.writer import INDEXES, Writer
+
 
 class EncodingStore:
     """Costs what the wire costs on our side: every document BSON-encoded once, nothing kept."""
@@ -122,7 +123,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for fast in (False, True):
-            site, writer, visitors, keys, clock = build(tmp, fast)
+            site, _writer, visitors, keys, clock = build(tmp, fast)
             cookie = b"csid=" + visitors.new_id().encode()
             tokens = [mint(keys, f"https://shop.example/p/{i}?utm=mail", account="1", profile=str(i), message="9", issued=int(clock.seconds())).encode() for i in range(n)]
             head = b" HTTP/1.1\r\nHost: pxl.example.com\r\nUser-Agent: " + UA + b"\r\nAccept: */*\r\n"

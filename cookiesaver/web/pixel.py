@@ -232,6 +232,15 @@ class Pixel(Resource):
         request.setHeader(b"location", destination.encode("utf-8"))
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"referrer-policy", b"no-referrer-when-downgrade")
+        doc = self._token_event(visit, token, "pixel_open", record)
+        if doc is not None:
+            doc["link"] = token.url
+            if self.t.submit_event(doc) and token.profile is not None:
+                self._link(visit, token, doc["ts"])
+        return b""
+
+    def _token_event(self, visit: Visit, token: ClickToken, kind: str, record: bool) -> dict[str, Any] | None:
+        """The event a KEY request records, or None after counting why it records nothing (HEAD, test send, bot, opt-out)."""
         if not record:
             self.t.not_recorded("head")
         elif token.test:
@@ -239,14 +248,12 @@ class Pixel(Resource):
         elif visit.skip:
             self.t.not_recorded(visit.skip)
         else:
-            doc = visit.document(self.t, "pixel_open")
+            doc = visit.document(self.t, kind)
             for name, value in (("account", token.account), ("profile", token.profile), ("message", token.message)):
                 if value is not None:
                     doc[name] = value
-            doc["link"] = token.url
-            if self.t.submit_event(doc) and token.profile is not None:
-                self._link(visit, token, doc["ts"])
-        return b""
+            return doc
+        return None
 
     def _link(self, visit: Visit, token: ClickToken, ts: datetime.datetime) -> None:
         """Record that this browser belongs to the KEY's subscriber (state, upserted)."""
@@ -263,17 +270,8 @@ class Pixel(Resource):
         if visit.block:
             self.t.not_recorded("bot")
             return self._blocked(request)
-        if not record:
-            self.t.not_recorded("head")
-        elif token.test:
-            self.t.not_recorded("test_send")
-        elif visit.skip:
-            self.t.not_recorded(visit.skip)
-        else:
-            doc = visit.document(self.t, "open")
-            for name, value in (("account", token.account), ("profile", token.profile), ("message", token.message)):
-                if value is not None:
-                    doc[name] = value
+        doc = self._token_event(visit, token, "open", record)
+        if doc is not None:
             self.t.submit_event(doc)
         return self._gif(request, visit)
 

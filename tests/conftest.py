@@ -7,6 +7,8 @@ L{tests.mongo_fixture.start_secantus}.
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from typing import Iterator
 
 import pytest
@@ -32,3 +34,22 @@ def scratch_cwd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
     finally:
         os.chdir(previous)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """
+    Exit even if a failed test leaked a non-daemon thread (a thread pool left running).
+
+    Otherwise the interpreter waits for it forever after printing the summary,
+    and CI hangs instead of failing. The exit status pytest computed is kept.
+    """
+    leaked = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if leaked:
+        print(f"conftest: exiting despite {len(leaked)} leaked non-daemon thread(s): {[t.name for t in leaked]}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(getattr(config, "_cookiesaver_exitstatus", 1))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config._cookiesaver_exitstatus = int(exitstatus)  # type: ignore[attr-defined]

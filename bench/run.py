@@ -1,6 +1,6 @@
 """``make bench``: cookiesaver side by side with nginx, a bare aiohttp pixel and a bare twisted.web pixel.
 
-    python -m bench.run                   # 3 runs of 10 s per row after a warm-up, then 60 s paced
+    python -m bench.run                   # 3 runs of 5 s per row after a warm-up, then 60 s paced
     python -m bench.run --quick           # a smoke run: 1 run of 2 s per row, 10 s paced
     python -m bench.run --runs 5 --duration 20 --skip-sustained --json out.json
 
@@ -415,7 +415,7 @@ class Cookiesaver:
         m = self.metrics()
         return {c: int(m.get(f'cookiesaver_events_accepted_total{{collection="{c}"}}', 0)) for c in COLLECTIONS}
 
-    def drain(self, timeout: float = 180.0) -> None:
+    def drain(self, timeout: float = 900.0) -> None:
         """Wait until the writer holds nothing in memory or in the spool."""
         deadline = time.monotonic() + timeout
         while True:
@@ -628,17 +628,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 run of 2 s per row, 10 s paced")
     parser.add_argument("--runs", type=int, default=None, help="measured runs per row (default 3)")
-    parser.add_argument("--duration", type=float, default=None, help="seconds per run (default 10)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per run (default 5)")
     parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds per row (default 3)")
     parser.add_argument("--skip-sustained", action="store_true", help="skip the paced 60-second test")
     parser.add_argument("--sustained-duration", type=float, default=None, help="seconds of the paced test (default 60)")
-    parser.add_argument("--rate", type=float, default=None, help="paced rate, req/s (default: half of cookiesaver's returning-pixel median)")
+    parser.add_argument("--rate", type=float, default=None, help="paced rate, req/s (default: half of cookiesaver's returning-pixel median, at most 2000, what the embedded store absorbs here)")
     parser.add_argument("--only", default=None, help="comma-separated row-name substrings to run (for profiling)")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     args = parser.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
-    args.duration = args.duration or (2 if args.quick else 10)
+    args.duration = args.duration or (2 if args.quick else 5)
     args.warmup = args.warmup or (1 if args.quick else 3)
     args.sustained_duration = args.sustained_duration or (10 if args.quick else 60)
 
@@ -734,7 +734,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if not args.skip_sustained:
             base = next((summarize(r)["rps"] for r in rows if r.name == "cookiesaver pixel, returning visitor" and r.runs), None)
-            rate = args.rate or (base / 2 if base else 3000)
+            # The store, not cookiesaver, bounds a sustained rate here: secantusd-py is a Python
+            # MongoDB-wire server sharing CPU 0 with wrk. 2,000 req/s is what it absorbs on this
+            # 2-core machine; against MongoDB, pass --rate (half the measured rate is a fair test).
+            rate = args.rate or min(base / 2 if base else 2000, 2000)
             print(f"bench: sustained {args.sustained_duration:g} s at {rate:,.0f} req/s (returning pixel, paced)...", flush=True)
             plain.drain()
             sustained_result = sustained(plain, rate, args.sustained_duration, env, workdir)

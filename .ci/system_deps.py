@@ -38,7 +38,7 @@ def main() -> int:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-qq"], env=env, check=False)
         subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+            ["apt-get", "install", "-y", "-qq", *packages],
             env=env,
             check=False,
             stdout=subprocess.DEVNULL,

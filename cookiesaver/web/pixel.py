@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import os
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -37,7 +36,7 @@ from cookiesaver.query import parse_query
 from cookiesaver.token import ClickToken, TokenError, TokenKeys, verify
 from cookiesaver.visitor import VisitorCookies
 from cookiesaver.web.cors import apply_cors, preflight
-from cookiesaver.web.responses import head, plain_error
+from cookiesaver.web.responses import JS, Asset, head, plain_error, static
 
 GIF = (
     b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
@@ -461,34 +460,6 @@ def _encodable(text: str) -> bool:
     return True
 
 
-class StaticScript(Resource):
-    """A script from cookiesaver/static, read once at start, with an ETag."""
-
-    isLeaf = True
-
-    def __init__(self, name: str, max_age: int = 300) -> None:
-        super().__init__()
-        import hashlib
-
-        with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "static", name), "rb") as f:
-            self.body = f.read()
-        self.etag = b'"' + hashlib.sha256(self.body).hexdigest()[:16].encode() + b'"'
-        self.cache = b"public, max-age=%d" % max_age
-
-    def render_GET(self, request: Any) -> bytes:
-        request.setHeader(b"content-type", b"application/javascript; charset=utf-8")
-        request.setHeader(b"cache-control", self.cache)
-        request.setHeader(b"etag", self.etag)
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        if request.getHeader(b"if-none-match") == self.etag:
-            request.setResponseCode(304)
-            return b""
-        return self.body
-
-    def render_HEAD(self, request: Any) -> bytes:
-        return head(request, self.render_GET(request))
-
-
 class OptOut(Resource):
     """GET /optout: sets the opt-out cookie and deletes the visitor cookie; the pixel then records nothing."""
 
@@ -511,6 +482,6 @@ class OptOut(Resource):
 def tracking_resources(tracking: Tracking) -> Mapping[bytes, Resource]:
     return {
         b"pixel": Pixel(tracking),
-        b"pixel.js": StaticScript("pixel.js"),
+        b"pixel.js": Asset(static("pixel.js"), JS, 300),
         b"optout": OptOut(tracking.visitors),
     }

@@ -14,18 +14,16 @@ wait for MongoDB. The flow and the formats are in docs/push.md.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from bson.errors import InvalidDocument
-from twisted.web import http, pages
+from twisted.web import pages
 from twisted.web.resource import IResource, Resource
 
 from cookiesaver.config import Config, SiteConfig
@@ -40,6 +38,7 @@ from cookiesaver.subscription import (
 )
 from cookiesaver.vapid import SiteKey
 from cookiesaver.web.cors import all_site_origins, apply_cors, preflight, request_origin
+from cookiesaver.web.responses import JS, NOSNIFF, Asset, NotFoundBelow, static
 
 SUBSCRIPTIONS = "push_subscriptions"
 EVENTS = "push_events"
@@ -49,8 +48,6 @@ MAX_LINK_KEY = 1024
 MAX_ENDPOINT = 2048
 RETRY_AFTER = b"5"
 
-JS = b"application/javascript; charset=utf-8"
-NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 class SupportsSeconds(Protocol):
     """The one clock method used here (a reactor, or task.Clock in tests)."""
@@ -60,11 +57,6 @@ class SupportsSeconds(Protocol):
 
 VisitorIdFor = Callable[[Any], "str | None"]
 ProfileForKey = Callable[[bytes], "str | None"]
-
-
-def _static(name: str) -> bytes:
-    """Read a packaged asset (at construction only, never per request)."""
-    return (resources.files("cookiesaver") / "static" / name).read_bytes()
 
 
 def _now(clock: SupportsSeconds) -> datetime:
@@ -98,35 +90,6 @@ class Reject(Exception):
         self.field = field
         self.message = message
         self.reason = reason
-
-
-class NotFoundBelow(Resource):
-    """A resource with nothing below it: any extra path segment is a plain 404."""
-
-    _not_found = pages.notFound("Not Found", "No such resource.")
-
-    def getChild(self, path: bytes, request: Any) -> IResource:
-        return self._not_found
-
-
-class Asset(NotFoundBelow):
-    """Fixed bytes with an ETag and a short cache lifetime, computed once (like twisted.web.static.Data)."""
-
-    def __init__(self, body: bytes, content_type: bytes, max_age: int, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
-        super().__init__()
-        self.body = body
-        self.etag = b'"' + hashlib.sha256(body).hexdigest()[:32].encode("ascii") + b'"'
-        self.headers = [(b"content-type", content_type), (b"cache-control", b"public, max-age=%d" % max_age), NOSNIFF, *extra]
-
-    def render_GET(self, request: Any) -> bytes:
-        for name, value in self.headers:
-            request.setHeader(name, value)
-        if request.setETag(self.etag) == http.CACHED:
-            return b""
-        return self.body
-
-    def render_HEAD(self, request: Any) -> bytes:
-        return self.render_GET(request)
 
 
 class PushArea:
@@ -498,11 +461,11 @@ def push_resource(
         config=config, vapid=vapid, sink=sink, metrics=metrics, clock=clock, visitor_id_for=visitor_id_for, profile_for_key=profile_for_key
     )
     root = PushRoot()
-    root.putChild(b"sw.js", Asset(_static("sw.js"), JS, 300, [(b"service-worker-allowed", b"/")]))
-    root.putChild(b"subscribe.js", Asset(_static("subscribe.js"), JS, 300))
-    root.putChild(b"subscribe.css", Asset(_static("subscribe.css"), b"text/css; charset=utf-8", 300))
-    root.putChild(b"sdk.js", Asset(_static("sdk.js"), JS, 3600, [(b"cross-origin-resource-policy", b"cross-origin")]))
-    root.putChild(b"subscribe", Subscribe(area, _static("subscribe.html")))
+    root.putChild(b"sw.js", Asset(static("sw.js"), JS, 300, [(b"service-worker-allowed", b"/")]))
+    root.putChild(b"subscribe.js", Asset(static("subscribe.js"), JS, 300))
+    root.putChild(b"subscribe.css", Asset(static("subscribe.css"), b"text/css; charset=utf-8", 300))
+    root.putChild(b"sdk.js", Asset(static("sdk.js"), JS, 3600, [(b"cross-origin-resource-policy", b"cross-origin")]))
+    root.putChild(b"subscribe", Subscribe(area, static("subscribe.html")))
     root.putChild(b"vapid-key", VapidKey(area))
     root.putChild(b"unsubscribe", Unsubscribe(area))
     root.putChild(b"events", Events(area))

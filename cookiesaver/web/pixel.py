@@ -215,7 +215,8 @@ class Pixel(Resource):
             return _bad_request(request, b"invalid or expired link" if result.reason == "expired_token" else b"invalid link")
         return result
 
-    def _click(self, request: Any, query: Any, record: bool) -> bytes:
+    def _token_visit(self, request: Any, query: Any) -> tuple[ClickToken, Visit] | bytes:
+        """The verified KEY and the visitor, or the refusal to answer (bad KEY 400, blocked bot 403), counted."""
         token = self._token(request, query)
         if isinstance(token, bytes):
             return token
@@ -223,6 +224,13 @@ class Pixel(Resource):
         if visit.block:
             self.t.not_recorded("bot")
             return self._blocked(request)
+        return token, visit
+
+    def _click(self, request: Any, query: Any, record: bool) -> bytes:
+        checked = self._token_visit(request, query)
+        if isinstance(checked, bytes):
+            return checked
+        token, visit = checked
         destination = token.url
         if PLACEHOLDER in destination:
             destination = destination.replace(PLACEHOLDER, quote(visit.visitor, safe=""))
@@ -262,13 +270,10 @@ class Pixel(Resource):
             self.t.not_recorded("overload")
 
     def _open(self, request: Any, query: Any, record: bool) -> bytes:
-        token = self._token(request, query)
-        if isinstance(token, bytes):
-            return token
-        visit = Visit(self.t, request, None)
-        if visit.block:
-            self.t.not_recorded("bot")
-            return self._blocked(request)
+        checked = self._token_visit(request, query)
+        if isinstance(checked, bytes):
+            return checked
+        token, visit = checked
         doc = self._token_event(visit, token, "open", record)
         if doc is not None:
             self.t.submit_event(doc)

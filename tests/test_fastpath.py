@@ -165,6 +165,21 @@ class FastPathTests(SynchronousTestCase):
         out = self.assertSame(self.get(b"/pixel?_open_pix=1&k=" + token, b"User-Agent: " + UA))
         self.assertNotIn(b"\r\nSet-Cookie: evil", out)
 
+    def test_repeated_headers_and_padding_taken_fast(self) -> None:
+        """Repeated names keep every value in order, values lose surrounding spaces and tabs, names any case."""
+        self.assertSame(
+            self.get(
+                b"/pixel?site=shop&e=x",
+                b"user-AGENT: \t" + UA + b" \t",
+                b"Cookie: a=1",
+                b"COOKIE:csid=" + self.returning,
+                b"X-Forwarded-For: 10.1.2.3",
+                b"x-forwarded-for: 198.51.100.9",
+                b"DNT:\t1",
+            ),
+            peer="10.0.0.1",
+        )
+
     def test_unusual_requests_go_to_twisted_web(self) -> None:
         """Bodies, Connection and Expect headers, HTTP/1.0, obs-fold and other paths are left to twisted.web."""
         cases = [
@@ -177,6 +192,14 @@ class FastPathTests(SynchronousTestCase):
             b"POST /pixel HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
             b"GET /pixel?site=shop HTTP/1.1\r\nBad Name: 1\r\n\r\n",
             b"GET /pixel?site=shop HTTP/1.1\r\nX-A: 1\r2\r\n\r\n",
+            b"GET /pixel?site=shop HTTP/1.1\r\nX-A: 1\n2\r\n\r\n",
+            b"GET /pixel?site=shop HTTP/1.1\r\nX-A: a\x00b\r\n\r\n",
+            b"GET /pixel?site=shop HTTP/1.1\r\n: no name\r\n\r\n",
+            b"GET /pixel?site=shop HTTP/1.1\r\nNo-Colon\r\n\r\n",
+            b"GET /pixel?site=\x7fshop HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /pixel?site=shop  HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /pixel?site=shop HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
+            b"get /pixel?site=shop HTTP/1.1\r\nHost: x\r\n\r\n",
         ]
         for raw in cases:
             self.assertSame(raw, expect_fast=False)

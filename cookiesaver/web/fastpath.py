@@ -146,11 +146,11 @@ class FastPixel:
                 continue
             canonical = names.get(name)
             if canonical is None:
-                canonical = names[name] = _nameEncoder.encode(name)
+                canonical = names[name] = _nameEncoder.encode(name) + b": "
             for value in values:
-                if b"\r" in value or b"\n" in value:
+                if 13 in value or 10 in value:  # int membership: a fifth of the cost of b"\r" in value
                     value = b" ".join(value.splitlines())  # as twisted.web sanitises header values
-                parts.append(canonical + b": " + value + b"\r\n")
+                parts += (canonical, value, b"\r\n")
         if method == b"HEAD":
             parts.append(b"Content-Length: " + (length or b"%d" % len(body)) + b"\r\n\r\n")
         else:

@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
 from cookiesaver.config import Config, ConfigError
+from cookiesaver.gcpolicy import FreezeStartupObjects
 from cookiesaver.health import ListenerUp, MongoHealth
 from cookiesaver.metrics import Metrics
 from cookiesaver.tls import CertificateError, CertificateStore
@@ -268,6 +269,7 @@ def build_service(config: Config, reactor: Any, metrics: Metrics | None = None) 
         Listener(extra_endpoint, site, extra).setServiceParent(top)
     listener_up.setServiceParent(top)
     Reloader(reactor, reloads).setServiceParent(top)
+    FreezeStartupObjects().setServiceParent(top)
     return top
 
 

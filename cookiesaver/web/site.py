@@ -35,6 +35,7 @@ from twisted.web.resource import Resource, _computeAllowedMethods
 from cookiesaver.config import HTTPConfig
 from cookiesaver.metrics import Metrics
 from cookiesaver.web.fastpath import FastPixel
+from cookiesaver.web.sendnow import can_send_now, send_now
 
 #: First path segments counted under their own name; anything else is "other" (bounded label cardinality).
 KNOWN_AREAS = frozenset({b"pixel", b"pixel.js", b"push", b"optout", b"cookiesaver", b"robots.txt", b""})
@@ -123,6 +124,7 @@ class LimitedChannel(http.HTTPChannel):
         self._body_limit = 0
         self._body_seen = 0
         self._rejected = False
+        self._send_now = False
 
     # -- deadlines -----------------------------------------------------------
 
@@ -167,6 +169,7 @@ class LimitedChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self._send_now = can_send_now(self.transport)
         self.site.connection_opened(self)
         self._arm(self._limits.header_timeout, "header_timeout")
 
@@ -207,7 +210,10 @@ class LimitedChannel(http.HTTPChannel):
                 log.failure("fast path")
                 self._reject(500, b"internal error", "internal_error")
                 return b""
-            self.transport.write(response)
+            if self._send_now:
+                send_now(self.transport, response)
+            else:
+                self.transport.write(response)
             self.site.log(request)
             data = data[end + 4 :]
             if not data:

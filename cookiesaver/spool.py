@@ -17,13 +17,14 @@ from typing import Any, Literal, TypeVar
 
 import attrs
 import bson
+from bson.raw_bson import RawBSONDocument
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from cookiesaver.interfaces import Upsert
+from cookiesaver.interfaces import DECODE_OPTIONS, EncodedDocument, Upsert
 
 Kind = Literal["insert", "upsert"]
 T = TypeVar("T")
@@ -53,7 +54,7 @@ class SpooledBatch:
     seq: int
     collection: str
     kind: Kind
-    items: tuple[Any, ...]  # documents for "insert", Upserts for "upsert"
+    items: tuple[Any, ...]  # EncodedDocuments for "insert", Upserts for "upsert"
     created: float
     bytes: int
 
@@ -69,19 +70,35 @@ class SpoolStats:
     last_seq: int
 
 
+_RAW_OPTIONS: bson.CodecOptions[RawBSONDocument] = bson.CodecOptions(document_class=RawBSONDocument)
+
+
 def encode_items(kind: Kind, items: Sequence[Any]) -> bytes:
-    """BSON keeps ObjectId, datetime and binary exact, unlike JSON."""
+    """
+    BSON keeps ObjectId, datetime and binary exact, unlike JSON.
+
+    Inserted documents are L{EncodedDocument}s (plain dicts work too): their
+    bytes are embedded as they are, not encoded again.
+    """
     if kind == "insert":
         return bson.encode({"d": list(items)})
     return bson.encode({"u": [{"f": dict(op.filter), "u": dict(op.update)} for op in items]})
 
 
 def decode_items(kind: Kind, payload: bytes) -> tuple[Any, ...]:
-    """The inverse of L{encode_items}, with timezone-aware datetimes as the handlers make them."""
-    opts: bson.CodecOptions[dict[str, Any]] = bson.CodecOptions(tz_aware=True)
-    body = bson.decode(payload, codec_options=opts)
+    """
+    The inverse of L{encode_items}.
+
+    Inserted documents come back as L{EncodedDocument}s cut from the
+    payload, without decoding their fields (the store sends those bytes);
+    the format is unchanged, so a spool written when the items were dicts
+    replays the same way. Upserts come back as dicts with timezone-aware
+    datetimes, as the handlers make them.
+    """
     if kind == "insert":
-        return tuple(body["d"])
+        batch = bson.decode(payload, codec_options=_RAW_OPTIONS)
+        return tuple(EncodedDocument(bytes(doc.raw)) for doc in batch["d"])
+    body = bson.decode(payload, codec_options=DECODE_OPTIONS)
     return tuple(Upsert(op["f"], op["u"]) for op in body["u"])
 
 

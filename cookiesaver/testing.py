@@ -14,11 +14,15 @@ import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import bson
+from bson.raw_bson import RawBSONDocument
 from twisted.internet import defer
 from zope.interface import implementer
 
 from cookiesaver.interfaces import (
+    DECODE_OPTIONS,
     Document,
+    EncodedDocument,
     IEventSink,
     IndexSpec,
     IStore,
@@ -41,6 +45,18 @@ def _get_path(doc: Mapping[str, Any], path: str) -> Any:
             return None
         value = value[part]
     return value
+
+
+def plain(document: Mapping[str, Any]) -> Document:
+    """
+    A dict copy of a document: an encoded one (L{EncodedDocument}) is decoded, as MongoDB would read it back.
+
+    Decoding keeps what the real store changes visible in tests too:
+    datetimes at millisecond precision, tuples as lists.
+    """
+    if isinstance(document, RawBSONDocument):
+        return bson.decode(document.raw, codec_options=DECODE_OPTIONS)
+    return copy.deepcopy(dict(document))
 
 
 def _set_path(doc: dict[str, Any], path: str, value: Any) -> None:
@@ -181,9 +197,9 @@ class MemoryStore:
                 return Rejection(index, code, reason)
         return None
 
-    def insert_many(self, collection: str, documents: Sequence[Document]) -> defer.Deferred[WriteOutcome]:
-        """Unordered insert honouring the unique C{_id}."""
-        docs = [copy.deepcopy(d) for d in documents]
+    def insert_many(self, collection: str, documents: Sequence[Mapping[str, Any]]) -> defer.Deferred[WriteOutcome]:
+        """Unordered insert honouring the unique C{_id}; encoded documents are stored decoded, as MongoDB reads them back."""
+        docs = [plain(d) for d in documents]
 
         def work() -> WriteOutcome:
             target = self.collections.setdefault(collection, {})
@@ -274,7 +290,7 @@ class MemorySink:
     An L{IEventSink} that records submissions, for handler tests.
 
     Set C{refusing = True} to simulate overload: submits then return False and
-    record nothing.
+    record nothing. An L{EncodedDocument} is recorded decoded, as a dict.
     """
 
     def __init__(self) -> None:
@@ -282,11 +298,11 @@ class MemorySink:
         self.upserts: list[tuple[str, Upsert]] = []
         self.refusing = False
 
-    def submit(self, collection: str, document: Document) -> bool:
+    def submit(self, collection: str, document: Document | EncodedDocument) -> bool:
         """Record the document unless refusing."""
         if self.refusing:
             return False
-        self.documents.append((collection, document))
+        self.documents.append((collection, plain(document) if isinstance(document, RawBSONDocument) else document))
         return True
 
     def submit_upsert(self, collection: str, operation: Upsert) -> bool:

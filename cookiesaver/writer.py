@@ -35,6 +35,7 @@ from zope.interface import implementer
 from cookiesaver.config import WriterConfig
 from cookiesaver.interfaces import (
     Document,
+    EncodedDocument,
     IEventSink,
     IndexSpec,
     IReadinessProbe,
@@ -84,7 +85,7 @@ class _Batch:
     seq: int
     collection: str
     kind: Kind
-    items: list[Any]
+    items: list[Any]  # EncodedDocuments for "insert", Upserts for "upsert"
     bytes: int
     created: float
     spool_id: int | None = None
@@ -187,22 +188,29 @@ class Writer(service.Service):
 
     # --- IEventSink: the hot path ----------------------------------------------------
 
-    def submit(self, collection: str, document: Document) -> bool:
+    def submit(self, collection: str, document: Document | EncodedDocument) -> bool:
         """
         Queue one document for an unordered insert; never waits.
 
-        The size is the BSON length (about 4 us for a typical event): exact
-        for the memory budget, and an unencodable document fails here, in
-        the handler that made it, rather than poisoning a batch later.
+        The document is BSON-encoded here, once (an L{EncodedDocument} is
+        taken as it is): the length is the exact size for the memory budget,
+        an unencodable document fails here, in the handler that made it,
+        rather than poisoning a batch later, and the spool and the store use
+        these bytes without encoding again.
         """
-        size = len(bson.encode(document))
+        encoded = EncodedDocument.of(document)
         lane = self._insert_lanes.get(collection)
         if lane is None:
             lane = self._insert_lanes[collection] = self._new_lane(collection, "insert")
-        return self._accept(lane, document, size)
+        return self._accept(lane, encoded, len(encoded.raw))
 
     def submit_upsert(self, collection: str, operation: Upsert) -> bool:
-        """Queue one upsert of state; upserts must be idempotent (they may be replayed)."""
+        """
+        Queue one upsert of state; upserts must be idempotent (they may be replayed).
+
+        Encoded here only for the size: txmongo builds the update command
+        from the filter and update as dicts.
+        """
         size = len(bson.encode({"f": operation.filter, "u": operation.update}))
         lane = self._upsert_lanes.get(collection)
         if lane is None:
@@ -324,11 +332,13 @@ class Writer(service.Service):
         log.warn("{collection}: document refused ({code}: {reason}); dead-lettered", collection=batch.collection, code=rejection.code, reason=rejection.reason)
         if batch.kind == "insert":
             key = f"{batch.collection}:{item.get('_id')}"
+            # Embedded as its bytes: the letter holds the document's fields, as they were submitted.
             body: Any = item
+            size = len(item.raw)
         else:
             key = f"{batch.collection}:upsert:{batch.seq}:{rejection.index}"
             body = {"filter": dict(item.filter), "update": dict(item.update)}
-        size = len(bson.encode({"d": body}))
+            size = len(bson.encode(body))
         if size > DEAD_LETTER_MAX_DOC:
             body = {"_id": item.get("_id") if batch.kind == "insert" else None, "truncated_bytes": size}
         letter = {
@@ -344,10 +354,11 @@ class Writer(service.Service):
         if lane is None:
             lane = self._insert_lanes[self.dead_letter_collection] = self._new_lane(self.dead_letter_collection, "insert")
         # Past the memory budget on purpose: at most one batch's worth, and dropping it would be silent loss.
-        size = len(bson.encode(letter))
+        encoded = EncodedDocument.of(letter)
+        size = len(encoded.raw)
         self._mem_docs += 1
         self._mem_bytes += size
-        lane.items.append(letter)
+        lane.items.append(encoded)
         lane.bytes += size
         if len(lane.items) >= self.config.batch_size:
             self._seal(lane)

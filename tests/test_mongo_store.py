@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
+import bson
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from cookiesaver.config import MongoConfig
-from cookiesaver.interfaces import IndexSpec, IStore, Rejection, StoreUnavailable, Upsert, WriteOutcome
+from cookiesaver.interfaces import (
+    EncodedDocument,
+    IndexSpec,
+    IStore,
+    Rejection,
+    StoreUnavailable,
+    Upsert,
+    WriteOutcome,
+)
 from cookiesaver.store.mongo import MAX_BSON_SIZE, MongoStore, outcome_from_bulk_error
 from tests.mongo_fixture import SecantusServer, start_secantus
 
@@ -89,6 +99,27 @@ class MongoStoreTests(TestCase):
         self.assertEqual([d["_id"] for d in self.stored("events")], [1, 2, 3])
 
     @defer.inlineCallbacks
+    def test_encoded_documents_sent_as_they_are(self) -> Any:
+        """EncodedDocuments are sent without decoding or re-encoding and read back with the same types; oversized ones are refused by length."""
+        ts = datetime.datetime(2024, 1, 2, 3, 4, 5, 6000, tzinfo=datetime.UTC)
+        docs = [{"_id": bson.ObjectId(), "type": "page_view", "ts": ts, "visitor": "v1", "props": {"a": 1, "b": ["x", {"c": None}]}} for _ in range(3)]
+        encoded = [EncodedDocument.of(d) for d in docs]
+        huge = EncodedDocument.of({"_id": 9, "blob": "x" * (MAX_BSON_SIZE + 10)})
+        outcome = yield self.store.insert_many("events", [encoded[0], huge, encoded[1], encoded[2]])
+        self.assertEqual((outcome.written, [r.index for r in outcome.rejected]), (3, [1]))
+        # txmongo read only _id, which EncodedDocument answers without decoding.
+        self.assertEqual([e._RawBSONDocument__inflated_doc for e in encoded], [None] * 3)  # type: ignore[attr-defined]
+        client = self.server.client()
+        try:
+            stored = list(client["cstest"].get_collection("events", codec_options=bson.CodecOptions(tz_aware=True)).find().sort("_id", 1))
+        finally:
+            client.close()
+        self.assertEqual(stored, docs)
+        self.assertEqual([type(d["_id"]) for d in stored], [bson.ObjectId] * 3)
+        again = yield self.store.insert_many("events", [encoded[1]])
+        self.assertEqual(again.duplicates, (0,))
+
+    @defer.inlineCallbacks
     def test_upserts(self) -> Any:
         """Bulk upserts insert then update, honouring $set, $setOnInsert and $max."""
         op1 = Upsert({"_id": "v1"}, {"$set": {"profile": "p1"}, "$setOnInsert": {"first": 1}, "$max": {"last": 5}})
@@ -152,14 +183,13 @@ class WriterOnMongoTests(TestCase):
         """While the server is SIGSTOPped events go to the spool; after SIGCONT they all reach MongoDB exactly once."""
         import os
 
+        import attrs
         from twisted.internet import reactor
 
         from cookiesaver.metrics import Metrics
         from cookiesaver.spool import Spool
         from cookiesaver.writer import INDEXES, Writer
         from tests.test_writer import CONFIG
-
-        import attrs
 
         server = start_secantus(self.mktemp())
         self.addCleanup(server.stop)

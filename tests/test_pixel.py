@@ -13,6 +13,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from cookiesaver.bots import BotRules
 from cookiesaver.clientaddr import AddressResolver
 from cookiesaver.config import load
+from cookiesaver.interfaces import EncodedDocument
 from cookiesaver.metrics import Metrics
 from cookiesaver.testing import MemorySink
 from cookiesaver.token import TokenKeys, mint
@@ -278,6 +279,22 @@ class BeaconTests(SynchronousTestCase):
         self.assertEqual(code, 204)
         self.assertEqual([e["type"] for e in self.sink.submitted("events")], ["page_view", "goal"])
         self.assertEqual(req.responseHeaders.getRawHeaders(b"access-control-allow-origin"), [b"https://shop.example"])
+
+    def test_batch_handed_over_encoded(self):
+        """Each beacon event is encoded once, to prove the batch storable, and the writer gets those bytes."""
+        seen = []
+        submit = self.sink.submit
+
+        def recording(collection, document):
+            seen.append(document)
+            return submit(collection, document)
+
+        self.sink.submit = recording
+        _, code, _ = self.post(json.dumps({"site": "shop", "events": [{"e": "page_view"}, {"e": "goal", "props": {"v": 1, "w": "x"}}]}).encode())
+        self.assertEqual(code, 204)
+        self.assertTrue(all(isinstance(d, EncodedDocument) for d in seen))
+        self.assertEqual([d.decoded() for d in seen], self.sink.submitted("events"))
+        self.assertEqual(self.sink.submitted("events")[1]["props"], {"v": 1, "w": "x"})
 
     def test_invalid_json_names_problem(self):
         """Invalid JSON is a 400 naming line and column; nothing is recorded."""

@@ -9,8 +9,8 @@ import sqlite3
 import bson
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from cookiesaver.interfaces import Upsert
-from cookiesaver.spool import Spool
+from cookiesaver.interfaces import EncodedDocument, Upsert
+from cookiesaver.spool import Spool, decode_items
 
 
 class SpoolTests(SynchronousTestCase):
@@ -29,17 +29,56 @@ class SpoolTests(SynchronousTestCase):
         self.successResultOf(spool.close())
 
     def test_round_trip_keeps_types(self) -> None:
-        """ObjectIds, aware datetimes and upsert operators come back exactly as put."""
+        """Encoded documents come back as the same bytes (ObjectIds, aware datetimes, nested documents exact); upserts as put."""
         spool = self.open()
         oid = bson.ObjectId()
-        ts = datetime.datetime(2024, 1, 2, 3, 4, 5, 6000, tzinfo=datetime.timezone.utc)
-        self.successResultOf(spool.put(1, "events", "insert", [{"_id": oid, "ts": ts}], 10.0))
+        ts = datetime.datetime(2024, 1, 2, 3, 4, 5, 6000, tzinfo=datetime.UTC)
+        doc = {"_id": oid, "ts": ts, "props": {"a": [1, "b"], "c": {"d": None}}}
+        encoded = EncodedDocument.of(doc)
+        self.successResultOf(spool.put(1, "events", "insert", [encoded], 10.0))
         self.successResultOf(spool.put(2, "visitor_links", "upsert", [Upsert({"_id": "v"}, {"$set": {"p": 1}})], 11.0))
         first = self.successResultOf(spool.peek_oldest())
-        self.assertEqual((first.seq, first.collection, first.kind, first.items), (1, "events", "insert", ({"_id": oid, "ts": ts},)))
+        self.assertEqual((first.seq, first.collection, first.kind), (1, "events", "insert"))
+        [item] = first.items
+        self.assertIsInstance(item, EncodedDocument)
+        self.assertEqual(item.raw, encoded.raw)
+        self.assertEqual(item.decoded(), doc)
+        self.assertEqual(item["_id"], oid)
         self.successResultOf(spool.delete(first.id))
         second = self.successResultOf(spool.peek_oldest())
         self.assertEqual(second.items, (Upsert({"_id": "v"}, {"$set": {"p": 1}}),))
+
+    def test_payload_embeds_encoded_documents(self) -> None:
+        """A batch of encoded documents is spooled as the same BSON the old code wrote from dicts, so either replays."""
+        ts = datetime.datetime(2024, 1, 2, 3, 4, 5, 6000, tzinfo=datetime.UTC)
+        docs = [{"_id": bson.ObjectId(), "ts": ts, "n": n, "nested": {"k": "v"}} for n in range(3)]
+        spool = self.open()
+        self.successResultOf(spool.put(1, "events", "insert", [EncodedDocument.of(d) for d in docs], 1.0))
+        db = sqlite3.connect(self.path)
+        [(payload,)] = db.execute("SELECT payload FROM batches").fetchall()
+        db.close()
+        self.assertEqual(payload, bson.encode({"d": docs}))
+        self.assertEqual([item.decoded() for item in decode_items("insert", bson.encode({"d": docs}))], docs)
+
+    def test_spool_written_by_dicts_replays(self) -> None:
+        """A spool file written when batches held dicts (the previous release) reads back as the same documents."""
+        spool = self.open()
+        ts = datetime.datetime(2024, 1, 2, 3, 4, 5, 6000, tzinfo=datetime.UTC)
+        docs = [{"_id": bson.ObjectId(), "ts": ts, "props": {"v": 1}}, {"_id": "push:1", "type": "clicked"}]
+        payload = bson.encode({"d": docs})  # exactly what encode_items made of dict items
+        self.successResultOf(spool.close())
+        db = sqlite3.connect(self.path)
+        db.execute(
+            "INSERT INTO batches (seq, collection, kind, payload, docs, bytes, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (4, "events", "insert", payload, len(docs), len(payload), 3.0),
+        )
+        db.commit()
+        db.close()
+        again = Spool(self.path)
+        self.assertEqual(self.successResultOf(again.open()).docs, 2)
+        batch = self.successResultOf(again.peek_oldest())
+        self.assertEqual([item.decoded() for item in batch.items], docs)
+        self.assertEqual([item["_id"] for item in batch.items], [d["_id"] for d in docs])
 
     def test_fifo_by_sequence(self) -> None:
         """The oldest batch is the lowest sequence number, even when it was put later."""
@@ -91,7 +130,7 @@ class ThreadedSpoolTests(TestCase):
         d = spool.open()
         d.addCallback(lambda _: spool.put(1, "events", "insert", [{"_id": 1}], 1.0))
         d.addCallback(lambda _: spool.peek_oldest())
-        d.addCallback(lambda batch: self.assertEqual(batch.items, ({"_id": 1},)))
+        d.addCallback(lambda batch: self.assertEqual([item.decoded() for item in batch.items], [{"_id": 1}]))
         d.addCallback(lambda _: spool.close())
         d.addCallback(lambda _: self.assertIsNone(spool._pool))
         return d

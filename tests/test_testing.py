@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import datetime
+
+import bson
 from twisted.internet.defer import TimeoutError
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from cookiesaver.interfaces import IEventSink, IndexSpec, IStore, Rejection, StoreUnavailable, Upsert, WriteOutcome
+from cookiesaver.interfaces import (
+    EncodedDocument,
+    IEventSink,
+    IndexSpec,
+    IStore,
+    Rejection,
+    StoreUnavailable,
+    Upsert,
+    WriteOutcome,
+)
 from cookiesaver.testing import MemorySink, MemoryStore
 
 
@@ -82,7 +94,42 @@ class MemoryStoreTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(store.find("e", {"t": "a"}, limit=1)), [{"_id": 1, "t": "a"}])
 
 
+class EncodedDocumentTests(SynchronousTestCase):
+    def test_memory_store_keeps_encoded_documents_decoded(self) -> None:
+        """MemoryStore stores an EncodedDocument as the dict MongoDB would read back: same fields and types."""
+        store = MemoryStore()
+        ts = datetime.datetime(2024, 1, 2, 3, 4, 5, 6000, tzinfo=datetime.UTC)
+        doc = {"_id": bson.ObjectId(), "ts": ts, "s": "é", "nested": {"a": [1, {"b": None}]}}
+        self.assertEqual(self.successResultOf(store.insert_many("e", [EncodedDocument.of(doc)])), WriteOutcome(1))
+        [stored] = store.documents("e")
+        self.assertEqual(stored, doc)
+        self.assertIs(type(stored), dict)
+        self.assertIs(stored["ts"].tzinfo, datetime.UTC)
+
+    def test_memory_store_rejects_encoded_documents_by_content(self) -> None:
+        """reject_when sees an encoded document's fields, as with dicts."""
+        store = MemoryStore()
+        store.reject_when(lambda c, d: d.get("type") == "poison")
+        outcome = self.successResultOf(store.insert_many("e", [EncodedDocument.of({"_id": 1, "type": "poison"}), EncodedDocument.of({"_id": 2})]))
+        self.assertEqual((outcome.written, [r.index for r in outcome.rejected]), (1, [0]))
+
+    def test_id_answered_without_decoding(self) -> None:
+        """Reading _id (txmongo does, per inserted document) answers from the encoded value, without decoding the document."""
+        oid = bson.ObjectId()
+        encoded = EncodedDocument.of({"_id": oid, "n": 1})
+        self.assertEqual((encoded.get("_id"), "_id" in encoded), (oid, True))
+        self.assertIsNone(encoded._RawBSONDocument__inflated_doc)  # type: ignore[attr-defined]
+        self.assertEqual(encoded["n"], 1)
+        self.assertEqual(bson.encode(encoded), encoded.raw)
+
+
 class MemorySinkTests(SynchronousTestCase):
+    def test_records_encoded_documents_as_dicts(self) -> None:
+        """An EncodedDocument handed to MemorySink is recorded as the dict it encodes."""
+        sink = MemorySink()
+        sink.submit("events", EncodedDocument.of({"_id": 1, "p": {"q": 2}}))
+        self.assertEqual(sink.submitted("events"), [{"_id": 1, "p": {"q": 2}}])
+
     def test_records_and_refuses(self) -> None:
         """MemorySink records submissions and, when refusing, returns False and records nothing."""
         sink = MemorySink()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import random
 from typing import Any
@@ -13,7 +14,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from cookiesaver.config import WriterConfig
-from cookiesaver.interfaces import IEventSink, IReadinessProbe, StoreUnavailable, Upsert
+from cookiesaver.interfaces import (
+    EncodedDocument,
+    IEventSink,
+    IReadinessProbe,
+    StoreUnavailable,
+    Upsert,
+)
 from cookiesaver.metrics import Metrics
 from cookiesaver.spool import Spool
 from cookiesaver.testing import MemoryStore
@@ -82,6 +89,54 @@ class BatchingTests(WriterTestsMixin, SynchronousTestCase):
         self.assertEqual(self.store.calls[-1], ("insert_many", "events", 3))
         self.assertEqual(w.memory, (0, 0))
         self.assertEqual(self.sample("cookiesaver_writer_stored_total", {"collection": "events"}), 3)
+
+    def test_submit_encodes_once_and_hands_the_bytes_on(self) -> None:
+        """submit encodes a document once; the store gets those bytes (an EncodedDocument), with the memory budget their length."""
+        self.store = MemoryStore()
+        sent: list[Any] = []
+        insert_many = self.store.insert_many
+
+        def recording(collection: str, documents: Any) -> Any:
+            sent.extend(documents)
+            return insert_many(collection, documents)
+
+        self.store.insert_many = recording  # type: ignore[method-assign]
+        w = self.make(start=False)
+        doc = event(1, ts=datetime.datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=datetime.UTC), props={"a": [1, {"b": bson.ObjectId()}]})
+        self.assertTrue(w.submit("events", doc))
+        self.assertEqual(w.memory, (1, len(bson.encode(doc))))
+        w.startService()
+        self.clock.advance(0.1)
+        [item] = sent
+        self.assertIsInstance(item, EncodedDocument)
+        self.assertEqual(item.raw, bson.encode(doc))
+        self.assertEqual(self.store.documents("events"), [doc])
+
+    def test_submit_takes_an_encoded_document_as_is(self) -> None:
+        """A handler that already encoded a document hands over that EncodedDocument; it is not encoded again."""
+        w = self.make()
+        encoded = EncodedDocument.of(event(1))
+        self.assertTrue(w.submit("events", encoded))
+        self.assertEqual(w.memory, (1, len(encoded.raw)))
+        self.clock.advance(0.1)
+        self.assertEqual(self.store.documents("events"), [event(1)])
+
+    def test_unencodable_document_fails_in_submit(self) -> None:
+        """A document BSON cannot hold raises in submit, in the handler that made it; nothing is queued."""
+        w = self.make()
+        self.assertRaises(bson.errors.InvalidDocument, w.submit, "events", event(1, bad=object()))
+        self.assertRaises(OverflowError, w.submit, "events", event(2, big=2**64))
+        self.assertEqual(w.memory, (0, 0))
+
+    def test_document_without_id_gets_one_at_submit(self) -> None:
+        """A document submitted without _id gets an ObjectId before its first attempt, so retries keep it."""
+        w = self.make()
+        doc = {"n": 1}
+        w.submit("events", doc)
+        self.clock.advance(0.1)
+        [stored] = self.store.documents("events")
+        self.assertIsInstance(stored["_id"], bson.ObjectId)
+        self.assertEqual(doc, {"n": 1})
 
     def test_flush_by_age(self) -> None:
         """A partial batch is written once it is flush_interval old, not before."""
@@ -299,6 +354,43 @@ class SpoolTests(WriterTestsMixin, SynchronousTestCase):
         self.clock.advance(0.1)
         self.assertEqual(self.events(), [0, 1, 2, 3])
         self.assertEqual(self.spool.stats().docs, 0)
+
+    def test_replay_of_a_spool_written_with_dicts(self) -> None:
+        """A spool left by the previous release (batches encoded from dicts) replays the same documents, types intact."""
+        ts = datetime.datetime(2024, 1, 2, 3, 4, 5, 6000, tzinfo=datetime.UTC)
+        docs = [{"_id": bson.ObjectId(), "type": "page_view", "ts": ts, "props": {"v": 1}}, {"_id": "push:m:s:clicked", "type": "clicked", "ts": ts}]
+        path = os.path.join(self.mktemp(), "spool.sqlite3")
+        old = Spool(path)
+        self.successResultOf(old.open())
+        old.close()
+        import sqlite3
+
+        db = sqlite3.connect(path)
+        payload = bson.encode({"d": docs})
+        db.execute(
+            "INSERT INTO batches (seq, collection, kind, payload, docs, bytes, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (1, "events", "insert", payload, 2, len(payload), 0.0),
+        )
+        db.commit()
+        db.close()
+        self.store = MemoryStore()
+        self.make(spool_path=path)
+        self.clock.advance(0.1)
+        self.assertEqual(self.store.documents("events"), docs)
+        self.assertEqual(self.spool.stats().docs, 0)
+
+    def test_spooled_documents_come_back_exact(self) -> None:
+        """Documents that went through the spool reach the store with the same fields and types as submitted."""
+        self.store = MemoryStore()
+        self.store.fail_next(1)
+        w = self.make()
+        ts = datetime.datetime(2024, 1, 2, 3, 4, 5, 6000, tzinfo=datetime.UTC)
+        docs = [event(n, ts=ts, oid=bson.ObjectId(), nested={"k": [n, "x"]}) for n in range(3)]
+        for doc in docs:
+            w.submit("events", doc)
+        self.run_for(5)
+        self.assertEqual(self.store.documents("events"), docs)
+        self.assertFalse(w.spooling)
 
     def test_memory_full_spills_then_accepts(self) -> None:
         """When memory is full but the spool has room, queued batches move to disk and submits go on."""

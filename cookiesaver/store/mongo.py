@@ -33,6 +33,7 @@ from zope.interface import implementer
 from cookiesaver.config import MongoConfig
 from cookiesaver.interfaces import (
     Document,
+    EncodedDocument,
     IndexSpec,
     IStore,
     Rejection,
@@ -166,21 +167,28 @@ class MongoStore(service.Service):
 
     # --- IStore ------------------------------------------------------------------------
 
-    def insert_many(self, collection: str, documents: Sequence[Document]) -> defer.Deferred[WriteOutcome]:
-        """Unordered insert; oversized documents are rejected here, the rest are sent."""
-        send: list[Document] = []
+    def insert_many(self, collection: str, documents: Sequence[Mapping[str, Any]]) -> defer.Deferred[WriteOutcome]:
+        """
+        Unordered insert; oversized documents are rejected here, the rest are sent.
+
+        Documents are sent as L{EncodedDocument}s, whose bytes txmongo copies
+        instead of encoding: the writer's are used as they are (the size is
+        their length), a plain dict is encoded here, once.
+        """
+        send: list[EncodedDocument] = []
         index_map: list[int] = []
         rejected: list[Rejection] = []
         for i, doc in enumerate(documents):
             try:
-                size = len(bson.encode(doc))
-            except (bson.InvalidDocument, DocumentTooLarge, OverflowError) as e:
+                encoded = EncodedDocument.of(doc)
+            except (bson.InvalidDocument, DocumentTooLarge, OverflowError, UnicodeEncodeError) as e:
                 rejected.append(Rejection(i, 2, f"not encodable as BSON: {e}"))
                 continue
+            size = len(encoded.raw)
             if size > MAX_BSON_SIZE:
                 rejected.append(Rejection(i, TOO_LARGE, f"document is {size} bytes, over the {MAX_BSON_SIZE}-byte limit"))
                 continue
-            send.append(doc)
+            send.append(encoded)
             index_map.append(i)
         if not send:
             return defer.succeed(WriteOutcome(0, (), tuple(rejected)))

@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-import bson
 from bson import ObjectId
 from bson.errors import InvalidDocument
 from twisted.web.resource import Resource
@@ -30,7 +29,7 @@ from twisted.web.resource import Resource
 from cookiesaver.bots import BotRules
 from cookiesaver.clientaddr import AddressResolver
 from cookiesaver.config import Config
-from cookiesaver.interfaces import IEventSink, Upsert
+from cookiesaver.interfaces import EncodedDocument, IEventSink, Upsert
 from cookiesaver.metrics import Metrics
 from cookiesaver.query import parse_query
 from cookiesaver.token import ClickToken, TokenError, TokenKeys, verify
@@ -100,7 +99,7 @@ class Tracking:
     def now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)
 
-    def submit_event(self, document: dict[str, Any]) -> bool:
+    def submit_event(self, document: dict[str, Any] | EncodedDocument) -> bool:
         try:
             accepted = self.sink.submit(EVENTS, document)
         except (InvalidDocument, OverflowError, UnicodeEncodeError):
@@ -384,7 +383,7 @@ class Pixel(Resource):
             self.t.not_recorded(visit.skip)
             request.setResponseCode(204)
             return b""
-        documents = []
+        documents: list[EncodedDocument] = []
         for i, event in enumerate(events):
             doc = visit.document(self.t, str(event.get("e") or "page_view"))
             doc["site"] = body["site"]
@@ -394,13 +393,13 @@ class Pixel(Resource):
             if event.get("props"):
                 doc["props"] = event["props"]
             try:
-                bson.encode(doc)  # all or nothing: prove every document storable before submitting any
+                # All or nothing: prove every document storable before submitting any; the writer keeps these bytes.
+                documents.append(EncodedDocument.of(doc))
             except (InvalidDocument, OverflowError, UnicodeEncodeError):
                 self.t.not_recorded("malformed")
                 return _bad_request(request, f"events[{i}]: contains a value that cannot be stored".encode())
-            documents.append(doc)
-        for doc in documents:
-            self.t.submit_event(doc)
+        for encoded in documents:
+            self.t.submit_event(encoded)
         visit.set_cookie(self.t, request)
         request.setResponseCode(204)
         return b""

@@ -31,6 +31,12 @@ import attrs
 #: Most parameters read from one query string.
 MAX_PARAMS = 64
 
+#: Decoded parameter names by their raw bytes: pages send the same few names ("site", "e", "url")
+#: on every hit. Bounded, and only short names are kept, so a client cannot grow it.
+_NAMES: dict[bytes, tuple[str, bool]] = {}
+_NAMES_KEPT = 512
+_NAME_KEPT_LEN = 32
+
 _HEX = b"0123456789ABCDEFabcdef"
 # Every two-hex-digit pair to its byte, built once (the same trick as urllib).
 _HEX_PAIRS: dict[bytes, bytes] = {bytes((a, b)): bytes((int(bytes((a, b)), 16),)) for a in _HEX for b in _HEX}
@@ -75,9 +81,9 @@ def decode(raw: bytes) -> tuple[str, bool]:
         malformed or the bytes were not UTF-8.
     """
     bad = False
-    if b"+" in raw:
+    if 43 in raw:  # "+"
         raw = raw.replace(b"+", b" ")
-    if b"%" in raw:
+    if 37 in raw:  # "%"
         chunks = raw.split(b"%")
         out = [chunks[0]]
         for chunk in chunks[1:]:
@@ -109,13 +115,27 @@ def parse_query(raw: bytes) -> Query:
         malformed = bool(rest.strip(b"&"))
     texts = query.text
     raws = query.raw
+    names = _NAMES
     for part in parts:
         if not part:
             continue
         name_raw, _, value_raw = part.partition(b"=")
-        name, bad_name = decode(name_raw)
-        value, bad_value = decode(value_raw)
-        if bad_name or bad_value:
+        decoded = names.get(name_raw)
+        if decoded is None:
+            decoded = decode(name_raw)
+            if len(names) < _NAMES_KEPT and len(name_raw) <= _NAME_KEPT_LEN:
+                names[name_raw] = decoded
+        name, bad = decoded
+        if 37 in value_raw or 43 in value_raw:  # "%" or "+" (int membership is the cheap check)
+            value, bad_value = decode(value_raw)
+            bad = bad or bad_value
+        else:
+            try:
+                value = value_raw.decode("utf-8")
+            except UnicodeDecodeError:
+                value = value_raw.decode("utf-8", "replace")
+                bad = True
+        if bad:
             malformed = True
         if name in raws:
             raws[name].append(value_raw)

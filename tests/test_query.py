@@ -110,3 +110,18 @@ class CapTests(SynchronousTestCase):
         q = parse_query(b"k=1&" * 1000)
         self.assertEqual(q.count("k"), MAX_PARAMS)
         self.assertTrue(q.malformed)
+
+
+def test_name_cache_is_bounded_and_invisible() -> None:
+    """Decoded names are remembered (pages repeat them), but never more than a fixed number, and never long ones."""
+    from cookiesaver import query as q
+
+    q._NAMES.clear()
+    first = parse_query(b"a%zz=1&site=shop&e=x")
+    again = parse_query(b"a%zz=1&site=shop&e=x")
+    assert first == again and again.malformed and again.first("a%zz") == "1"
+    for i in range(q._NAMES_KEPT * 3):
+        parse_query(b"n%d=1" % i)
+    parse_query(b"x" * (q._NAME_KEPT_LEN + 1) + b"=1")
+    assert len(q._NAMES) <= q._NAMES_KEPT
+    assert all(len(name) <= q._NAME_KEPT_LEN for name in q._NAMES)

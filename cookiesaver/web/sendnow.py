@@ -32,9 +32,9 @@ def can_send_now(transport: Any) -> bool:
     return type(transport) is tcp.Server and not getattr(transport, "TLS", False)
 
 
-def send_now(transport: tcp.Server, data: bytes) -> None:
+def send_now(transport: Any, data: bytes) -> None:
     """
-    Write C{data} in order: straight to the socket when the transport holds nothing
+    Write C{data} to a transport L{can_send_now} accepted, in order: straight to the socket when it holds nothing
     unsent, the rest (or all of it, on any doubt) through C{transport.write}.
 
     Errors are not handled here: on any C{OSError} the data goes to

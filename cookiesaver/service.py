@@ -37,6 +37,7 @@ from cookiesaver.gcpolicy import FreezeStartupObjects
 from cookiesaver.health import ListenerUp, MongoHealth
 from cookiesaver.metrics import Metrics
 from cookiesaver.tls import CertificateError, CertificateStore
+from cookiesaver.tlstransport import ServerTLSProtocol
 from cookiesaver.web.fastpath import FastPixel
 from cookiesaver.web.health import operations_resource
 from cookiesaver.web.root import build_root
@@ -258,6 +259,7 @@ def build_service(config: Config, reactor: Any, metrics: Metrics | None = None) 
 
         reloads["certificates"] = reload_certificates
         factory = LimitedTLSFactory(certs, site)
+        factory.protocol = ServerTLSProtocol
     ConnectionDrain(site, config.writer.shutdown_timeout).setServiceParent(top)
     endpoint, description = _main_endpoint(reactor, config)
     Listener(endpoint, factory, description).setServiceParent(top)

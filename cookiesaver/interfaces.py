@@ -21,6 +21,10 @@ Document = dict[str, Any]
 DECODE_OPTIONS: bson.CodecOptions[Document] = bson.CodecOptions(tz_aware=True, tzinfo=UTC)
 _RAW_OPTIONS: bson.CodecOptions[RawBSONDocument] = bson.CodecOptions(document_class=RawBSONDocument, tz_aware=True, tzinfo=UTC)
 _UNKNOWN: Any = object()
+#: A BSON document whose first element is an ObjectId named _id: type 0x07, then "_id" and NUL.
+_OBJECTID_ID_FIRST = b"\x07_id\x00"
+#: The same with a string _id (type 0x02: int32 length including the NUL, the UTF-8 bytes, NUL).
+_STRING_ID_FIRST = b"\x02_id\x00"
 
 
 class EncodedDocument(RawBSONDocument):
@@ -60,6 +64,26 @@ class EncodedDocument(RawBSONDocument):
         if "_id" not in document:
             document = {"_id": bson.ObjectId(), **document}
         return cls(bson.encode(document), document["_id"])
+
+    @staticmethod
+    def encode(document: Mapping[str, Any]) -> bytes:
+        """The bytes L{of} would hold: encoded once, an C{_id} added first when missing."""
+        if isinstance(document, RawBSONDocument):
+            return bytes(document.raw)
+        if "_id" not in document:
+            document = {"_id": bson.ObjectId(), **document}
+        return bson.encode(document)
+
+    @classmethod
+    def from_raw(cls, raw: bytes) -> EncodedDocument:
+        """Wrap bytes from L{encode}; an ObjectId or string C{_id} stored first is read without decoding the rest."""
+        first = raw[4:9]
+        if first == _OBJECTID_ID_FIRST:
+            return cls(raw, bson.ObjectId(raw[9:21]))
+        if first == _STRING_ID_FIRST:
+            length = int.from_bytes(raw[9:13], "little")
+            return cls(raw, raw[13 : 12 + length].decode("utf-8"))
+        return cls(raw)
 
     def __getitem__(self, key: str) -> Any:
         if key == "_id" and self._known_id is not _UNKNOWN:

@@ -141,3 +141,28 @@ class MemorySinkTests(SynchronousTestCase):
         self.assertFalse(sink.submit("events", {"_id": 2}))
         self.assertEqual(sink.submitted("events"), [{"_id": 1}])
         self.assertEqual(len(sink.upserts), 1)
+
+
+def test_encoded_document_from_raw_reads_a_leading_id_without_decoding() -> None:
+    """ObjectId and string ids stored first come from their bytes; any other layout decodes, with the same answer."""
+    import bson
+
+    from cookiesaver.interfaces import _UNKNOWN, EncodedDocument
+
+    oid = bson.ObjectId()
+    cases = [
+        ({"_id": oid, "n": 1}, True),
+        ({"_id": "push:é:1", "n": 1}, True),
+        ({"n": 1, "_id": oid}, True),  # pymongo's encoder writes a top-level _id first
+        ({"_id": 7, "n": 1}, False),
+    ]
+    for document, read_from_bytes in cases:
+        raw = EncodedDocument.encode(document)
+        wrapped = EncodedDocument.from_raw(raw)
+        if read_from_bytes:
+            assert wrapped._known_id == document["_id"]
+        else:
+            assert wrapped._known_id is _UNKNOWN
+        assert wrapped["_id"] == document["_id"] and type(wrapped["_id"]) is type(document["_id"])
+        assert wrapped.decoded() == document
+    assert EncodedDocument.encode({"n": 2})[4:9] == b"\x07_id\x00"  # a missing _id is added first

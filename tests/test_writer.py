@@ -180,6 +180,25 @@ class BatchingTests(WriterTestsMixin, SynchronousTestCase):
         self.assertEqual(self.store.hung_calls, 1)
 
 
+    def test_queued_documents_are_invisible_to_the_garbage_collector(self) -> None:
+        """Waiting documents are bytes, which full collections never walk (tracked objects made 20-50 ms pauses)."""
+        import gc
+
+        from bson import ObjectId
+
+        self.store = MemoryStore()
+        self.store.hang()
+        w = self.make(attrs.evolve(CONFIG, max_queue_docs=1000))
+        for n in range(300):
+            self.assertTrue(w.submit("events", {"_id": ObjectId(), "n": n, "props": {"a": "b"}}))
+        queued = [item for lane in w._lanes for batch in lane.queue for item in batch.items] + [i for lane in w._lanes for i in lane.items]
+        self.assertEqual(len(queued), 297)  # one batch of 3 is in flight, hanging
+        self.assertFalse(any(gc.is_tracked(item) for item in queued))
+        self.store.release()
+        self.run_for(1)
+        self.assertEqual(self.events(), list(range(300)))
+
+
 class FailureTests(WriterTestsMixin, SynchronousTestCase):
     def test_fault_spools_and_retries_with_backoff(self) -> None:
         """A StoreUnavailable moves the batch to the spool and retries it with growing, capped, jittered delays."""

@@ -77,12 +77,21 @@ def encode_items(kind: Kind, items: Sequence[Any]) -> bytes:
     """
     BSON keeps ObjectId, datetime and binary exact, unlike JSON.
 
-    Inserted documents are L{EncodedDocument}s (plain dicts work too): their
-    bytes are embedded as they are, not encoded again.
+    Inserted documents are encoded bytes (the writer's queue), L{EncodedDocument}s
+    or plain dicts: encoded ones are embedded as they are, not encoded again.
     """
     if kind == "insert":
+        if items and isinstance(items[0], bytes):
+            return _documents_payload(items)
         return bson.encode({"d": list(items)})
     return bson.encode({"u": [{"f": dict(op.filter), "u": dict(op.update)} for op in items]})
+
+
+def _documents_payload(raws: Sequence[bytes]) -> bytes:
+    """C{bson.encode({"d": [documents]})} for documents already encoded: the BSON framing written around their bytes."""
+    elements = b"".join(b"\x03%d\x00%s" % (i, raw) for i, raw in enumerate(raws))
+    body = b"\x04d\x00" + (len(elements) + 5).to_bytes(4, "little") + elements + b"\x00"
+    return (len(body) + 5).to_bytes(4, "little") + body + b"\x00"
 
 
 def decode_items(kind: Kind, payload: bytes) -> tuple[Any, ...]:

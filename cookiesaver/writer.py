@@ -99,7 +99,8 @@ def _documents(batch: _Batch) -> list[Any]:
     garbage collector does not track bytes, and a full collection walks
     every tracked object, so a queue of 40,000 documents held as
     EncodedDocuments (with their ObjectIds) made full collections of
-    20-50 ms under load. They are wrapped only when written or spooled.
+    20-50 ms under load. They are wrapped only when written (the spool
+    frames the bytes as they are).
     """
     if batch.kind == "insert":
         return [EncodedDocument.from_raw(raw) for raw in batch.items]
@@ -454,7 +455,7 @@ class Writer(service.Service):
             self._kick_drain()
             self._check_stop()
 
-        self.spool.put(batch.seq, batch.collection, batch.kind, _documents(batch), batch.created).addCallbacks(put, failed).addBoth(finished).addErrback(
+        self.spool.put(batch.seq, batch.collection, batch.kind, batch.items, batch.created).addCallbacks(put, failed).addBoth(finished).addErrback(
             self._log_failure, "spool put"
         )
 

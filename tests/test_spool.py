@@ -134,3 +134,23 @@ class ThreadedSpoolTests(TestCase):
         d.addCallback(lambda _: spool.close())
         d.addCallback(lambda _: self.assertIsNone(spool._pool))
         return d
+
+
+def test_encoded_bytes_are_framed_exactly_as_bson_encodes_the_documents() -> None:
+    """The writer spools its queue's bytes without wrapping them: the payload is byte for byte what bson.encode makes."""
+    import datetime
+
+    import bson
+
+    from cookiesaver.interfaces import EncodedDocument
+    from cookiesaver.spool import decode_items, encode_items
+
+    documents = [
+        {"_id": bson.ObjectId(), "n": i, "ts": datetime.datetime(2026, 12, 3, tzinfo=datetime.UTC), "props": {"a": "é" * i}}
+        for i in range(12)
+    ]
+    raws = [EncodedDocument.encode(d) for d in documents]
+    payload = encode_items("insert", raws)
+    assert payload == bson.encode({"d": documents})
+    assert [d.raw for d in decode_items("insert", payload)] == raws
+    assert encode_items("insert", raws[:1]) == bson.encode({"d": documents[:1]})

@@ -125,6 +125,7 @@ class LimitedChannel(http.HTTPChannel):
         self._body_seen = 0
         self._rejected = False
         self._send_now = False
+        self._peer: Any = None
 
     # -- deadlines -----------------------------------------------------------
 
@@ -169,7 +170,9 @@ class LimitedChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        assert self.transport is not None  # connectionMade runs once connected
         self._send_now = can_send_now(self.transport)
+        self._peer = self.transport.getPeer()  # a connection's peer never changes; getPeer builds a new address each call
         self.site.connection_opened(self)
         self._arm(self._limits.header_timeout, "header_timeout")
 
@@ -205,7 +208,7 @@ class LimitedChannel(http.HTTPChannel):
             self._disarm()
             self.resetTimeout()
             try:
-                response, request = fast.answer(*parsed, self.transport.getPeer())
+                response, request = fast.answer(*parsed, self._peer)
             except Exception:  # noqa: BLE001 - any bug answers 500 and is logged, as twisted.web does
                 log.failure("fast path")
                 self._reject(500, b"internal error", "internal_error")

@@ -349,7 +349,7 @@ class Writer(service.Service):
         self.metrics.dead_letters.labels(batch.collection).inc()
         log.warn("{collection}: document refused ({code}: {reason}); dead-lettered", collection=batch.collection, code=rejection.code, reason=rejection.reason)
         if batch.kind == "insert":
-            key = f"{batch.collection}:{item.get('_id')}"
+            key = f"{batch.collection}:{item.decoded().get('_id')}"  # decoded: an embedded-document _id reads as the dict, not RawBSONDocument's repr
             # Embedded as its bytes: the letter holds the document's fields, as they were submitted.
             body: Any = item
             size = len(item.raw)

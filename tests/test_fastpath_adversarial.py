@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_fastpath import UA, Side, normalise
@@ -353,10 +352,6 @@ class FastPathDifferentialTests(SynchronousTestCase):
         for i in range(1, len(data)):
             self.same(data[:i], data[i:])
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="the fast path does not reset twisted.web's once-per-request allowance for an empty line before a request line",
-    )
     def test_empty_line_before_each_request(self) -> None:
         """A CRLF before each of two pixel requests (one allowed per request) answers 200 twice, as twisted.web does."""
         request = b"GET /pixel?site=shop HTTP/1.1\r\nHost: x\r\n\r\n"

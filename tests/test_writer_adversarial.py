@@ -9,7 +9,6 @@ import sqlite3
 from typing import Any
 
 import bson
-import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from cookiesaver.interfaces import DECODE_OPTIONS, EncodedDocument
@@ -195,10 +194,6 @@ class SpillReplayTests(WriterTestsMixin, SynchronousTestCase):
             self.store.documents("events"), [stored_form(d) for d in docs if d["n"] % 2]
         )
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="since fe02ac5 a dead letter's _id embeds RawBSONDocument's repr (bytes and codec options) for an embedded-document _id",
-    )
     def test_dead_letter_key_of_an_embedded_document_id(self) -> None:
         """A refused document whose _id is an embedded document is keyed 'events:' plus the id as a dict, as before fe02ac5."""
         self.store = MemoryStore()

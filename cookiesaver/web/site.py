@@ -218,6 +218,9 @@ class LimitedChannel(http.HTTPChannel):
             else:
                 self.transport.write(response)
             self.site.log(request)
+            # What twisted.web resets after each request it answers: the one empty line it
+            # tolerates before a request line (after a POST, from old browsers) is allowed again.
+            self._HTTPChannel__first_line = 1
             data = data[end + 4 :]
             if not data:
                 return data

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 from OpenSSL import SSL
 from OpenSSL._util import lib as _lib
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.protocols.tls import (
     BufferingTLSTransport,
     TLSMemoryBIOFactory,
@@ -65,13 +67,22 @@ class App(Protocol):
 class Peer:
     """A TLS client over memory BIOs talking to one server protocol on a L{StringTransport}."""
 
-    def __init__(self, test: SynchronousTestCase, protocol_class: type[TLSMemoryBIOProtocol], version: int = SSL.TLS1_3_VERSION, server_name: bytes | None = None) -> None:
+    def __init__(
+        self,
+        test: SynchronousTestCase,
+        protocol_class: type[TLSMemoryBIOProtocol],
+        version: int = SSL.TLS1_3_VERSION,
+        server_name: bytes | None = None,
+        transport: Any = None,
+        read_wire: Any = None,
+    ) -> None:
         self.clock = Clock()
         self.app = App()
         factory = TLSMemoryBIOFactory(certificate_store(cert_dir(test)), False, Factory.forProtocol(lambda: self.app), clock=self.clock)
         factory.protocol = protocol_class
         self.server = factory.buildProtocol(None)
-        self.transport = StringTransport()
+        self.transport = transport if transport is not None else StringTransport()
+        self.read_wire = read_wire or self._read_string_transport
         self.server.makeConnection(self.transport)
         ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         ctx.set_max_proto_version(version)
@@ -110,10 +121,14 @@ class Peer:
             self.client.send(m)
         return self.client_output()
 
+    def _read_string_transport(self) -> bytes:
+        data: bytes = self.transport.value()
+        self.transport.clear()
+        return data
+
     def receive(self) -> bytes:
         """Decrypt what the server has written so far; note its close_notify."""
-        data = self.transport.value()
-        self.transport.clear()
+        data = self.read_wire()
         if data:
             self.client.bio_write(data)
         got = b""
@@ -442,3 +457,57 @@ class ServerTLSProtocolTests(SynchronousTestCase):
         self.assertEqual(name, "CN=one.localhost")
         peer.send_ciphertext(peer.records(REQUEST))
         self.assertEqual(peer.receive(), RESPONSE)
+
+
+class _Port:
+    """What tcp.Server reads from its listening port."""
+
+    _realPortNumber = 0
+    _type = "TCP"
+
+
+class SocketTests(SynchronousTestCase):
+    """Over a real TCP server transport, ciphertext is sent at once and stays in order."""
+
+    def setUp(self) -> None:
+        ours, self.peer_socket = socket.socketpair()
+        ours.setblocking(False)
+        self.peer_socket.settimeout(5)
+        self.addCleanup(self.peer_socket.close)
+        self.addCleanup(ours.close)
+        self.reactor = MemoryReactor()
+        self.tcp = tcp.Server(ours, Protocol(), ("127.0.0.1", 4000), _Port(), 1, self.reactor)  # type: ignore[arg-type]
+        self.peer = Peer(self, ServerTLSProtocol, transport=self.tcp, read_wire=self.read_wire)
+
+    def read_wire(self) -> bytes:
+        self.tcp.doWrite()
+        out = b""
+        self.peer_socket.setblocking(False)
+        try:
+            while True:
+                chunk = self.peer_socket.recv(1 << 20)
+                if not chunk:
+                    break
+                out += chunk
+        except BlockingIOError:
+            pass
+        return out
+
+    def test_answer_sent_without_registering_for_write(self) -> None:
+        """The answer to a request reaches the socket before dataReceived returns; the reactor is not asked to write."""
+        self.peer.send_ciphertext(self.peer.records(REQUEST))
+        self.assertNotIn(self.tcp, self.reactor.getWriters())
+        self.assertEqual(self.peer.receive(), RESPONSE)
+
+    def test_large_answer_in_order(self) -> None:
+        """A 1 MB answer, more than the socket takes at once, arrives whole and in order."""
+        self.tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        body = bytes(range(256)) * 4096
+        self.peer.app.respond = lambda app, data: app.transport.write(body)
+        self.peer.send_ciphertext(self.peer.records(REQUEST))
+        got = b""
+        for _ in range(2000):
+            got += self.peer.receive()
+            if len(got) >= len(body):
+                break
+        self.assertEqual(got, body)

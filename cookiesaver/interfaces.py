@@ -59,11 +59,7 @@ class EncodedDocument(RawBSONDocument):
         """
         if isinstance(document, EncodedDocument):
             return document
-        if isinstance(document, RawBSONDocument):
-            return cls(bytes(document.raw))
-        if "_id" not in document:
-            document = {"_id": bson.ObjectId(), **document}
-        return cls(bson.encode(document), document["_id"])
+        return cls.from_raw(cls.encode(document))
 
     @staticmethod
     def encode(document: Mapping[str, Any]) -> bytes:
